@@ -1,0 +1,45 @@
+"""upgpt-jax: UPGPT (universal person-image latent diffusion) in JAX/Flax.
+
+Install for use: `pip install -e .`; for the tests: `pip install -e ".[test]"` (see README.md).
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="upgpt-jax",
+    version="0.1.0",
+    description="UPGPT person-image latent diffusion (generation, pose transfer, editing, interpolation) in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["upgpt_jax", "upgpt_jax.*"]),
+    install_requires=[
+        "jax>=0.10.2,<0.13",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "ml_collections>=1.1.0",
+        "absl-py>=2.1",
+        # 4.57.x is the last line that ships the Flax CLIP models (5.0 removed Flax).
+        "transformers>=4.57.6,<4.58",
+        "huggingface-hub>=0.34,<1.0",
+        "tokenizers>=0.22,<=0.23.0",
+        "tensorflow-datasets>=4.9.10",
+        "numpy>=1.26",
+        "pillow>=10.0",
+        "safetensors>=0.4",
+        "ftfy>=6.1",  # CLIP's text cleaning, as the original tokenizer does.
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            # The CPU wheel on the local disk; an unpinned torch resolves a multi-GB CUDA build.
+            "torch==2.13.0",
+            # 0.39.0 is the last diffusers with the Flax UNet (for the benchmarks' Flax peer).
+            "diffusers==0.39.0",
+        ],
+        "smpl": ["smplx==0.1.28", "torch==2.13.0"],
+        "cuda": ["jax[cuda12]>=0.10.2,<0.13"],
+        "tpu": ["jax[tpu]>=0.10.2,<0.13"],
+    },
+)

@@ -1,0 +1,127 @@
+"""The released UPGPT hyper-parameters, as the one place configs start from.
+
+Config files in `configs/` call `released_config()` and change what differs, so that
+the model's structure is written down once. Every field can be overridden on the command
+line (`--config.model.unet.channels=64`) because each entry point loads configs through
+`ml_collections.config_flags`.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+# The 9 body-part style slots, in the order of the original data loader (ldm/data/deepfashion_inshop.py).
+STYLE_PARTS: tuple[str, ...] = (
+    "face", "hair", "headwear", "background", "top", "outer", "bottom", "shoes", "accessories",
+)
+
+# Logical axis name -> mesh axis. Parameters are named with these logical axes
+# (nn.with_logical_partitioning); the rules decide how they are sharded. Large weight
+# dimensions go to "fsdp"; "tensor" is reserved for tensor parallelism (size 1 by default).
+DEFAULT_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("conv_height", None),
+    ("conv_width", None),
+    ("conv_in", None),
+    ("conv_out", "fsdp"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("context", None),
+    ("time_embed", None),
+    ("norm", None),
+    ("pose", None),
+    ("modality", None),
+    ("tokens", None),
+)
+
+
+def released_config() -> ml_collections.ConfigDict:
+    """The UPGPT pose-transfer model as released (configs/deepfashion/lowres.yaml upstream)."""
+    c = ml_collections.ConfigDict()
+
+    c.model = ml_collections.ConfigDict()
+    c.model.image_size = (256, 192)  # (height, width) of the RGB images.
+    c.model.latent_channels = 4
+    c.model.scale_factor = 0.18215  # Latents are scaled to ~unit variance before diffusion.
+    c.model.dtype = "float32"  # Compute dtype; "bfloat16" for fast training.
+    c.model.param_dtype = "float32"  # Master weights stay fp32.
+
+    c.model.unet = ml_collections.ConfigDict(dict(
+        in_channels=5,  # 4 latent channels + the 1-channel person mask.
+        out_channels=4,
+        channels=224,
+        channel_mult=(1, 2, 4, 4),
+        num_res_blocks=2,
+        attention_levels=(0, 1, 2),
+        num_heads=8,
+        transformer_depth=1,
+        context_dim=768,
+        norm_groups=32,
+        use_linear_projection=False,
+        dropout=0.0,
+        remat=False,
+    ))
+
+    c.model.vae = ml_collections.ConfigDict(dict(
+        in_channels=3,
+        out_channels=3,
+        channels=128,
+        channel_mult=(1, 2, 4, 4),
+        num_res_blocks=2,
+        z_channels=4,
+        norm_groups=32,
+    ))
+
+    # CLIP ViT-L/14. `path` names a local Hugging Face CLIPModel folder; empty means random
+    # weights with the shapes below (nothing is ever downloaded).
+    c.model.clip = ml_collections.ConfigDict(dict(
+        path="",
+        text_width=768,
+        text_layers=12,
+        text_heads=12,
+        vision_width=1024,
+        vision_layers=24,
+        vision_heads=16,
+        image_size=224,
+        patch_size=14,
+        projection_dim=768,
+        max_length=77,
+        vocab_size=49408,
+    ))
+
+    # Multimodal fusion: context = [content text tokens | one token per style part | pose token].
+    c.model.fusion = ml_collections.ConfigDict(dict(
+        mode="concat",  # "concat" is the released model; "learned" adds a small transformer.
+        num_parts=len(STYLE_PARTS),
+        pose_dim=85,
+        text_dim=768,
+        style_dim=768,
+        context_dim=768,
+        learned_layers=2,
+        learned_heads=8,
+    ))
+    c.model.style_parts = STYLE_PARTS
+
+    c.diffusion = ml_collections.ConfigDict(dict(
+        schedule="sqrt_linear",  # LDM's "linear": betas = linspace(sqrt(start), sqrt(end), T) ** 2.
+        beta_start=0.00085,
+        beta_end=0.012,
+        num_timesteps=1000,
+        prediction="eps",
+    ))
+
+    c.optim = ml_collections.ConfigDict(dict(
+        name="adamw",
+        learning_rate=2.5e-5,
+        weight_decay=0.01,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        warmup_steps=10_000,
+        grad_clip_norm=1.0,
+    ))
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.axis_rules = DEFAULT_AXIS_RULES
+    c.seed = 0
+    return c
