@@ -37,7 +37,14 @@ setup(
             "torch==2.13.0",
             # 0.39.0 is the last diffusers with the Flax UNet (for the benchmarks' Flax peer).
             "diffusers==0.39.0",
+            # The original LDM modules (stable-diffusion-sdkit, installed with --no-deps, see
+            # README) are the independent reference for the LDM checkpoint converter; they need these.
+            "einops>=0.7",
+            "omegaconf>=2.3",
+            "smplx==0.1.28",
         ],
+        # Reading PyTorch .ckpt/.bin weights (safetensors needs no torch).
+        "convert": ["torch==2.13.0"],
         "smpl": ["smplx==0.1.28", "torch==2.13.0"],
         "cuda": ["jax[cuda12]>=0.10.2,<0.13"],
         "tpu": ["jax[tpu]>=0.10.2,<0.13"],

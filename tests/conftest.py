@@ -15,14 +15,32 @@ def tiny_config():
     return synthetic_tiny.get_config()
 
 
+def random_params(shapes, seed: int = 0, scale: float = 0.2):
+    """Non-zero random parameters for a tree of shapes (numpy, no XLA compilation).
+
+    Tests want every weight non-zero (LDM zero-initialises output layers, which would hide wrong
+    wiring) and no seconds of compiling a random initialiser.
+    """
+    import jax
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def draw(leaf):
+        fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
+        return (rng.standard_normal(leaf.shape) * scale / np.sqrt(fan_in)).astype(leaf.dtype)
+
+    return jax.tree.map(draw, shapes)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tiny_config):
-    """(module, params) of the tiny UPGPT with random weights."""
+    """(module, params) of the tiny UPGPT with random non-zero weights."""
     import flax.linen as nn
     import jax
 
     from upgpt_jax.models.upgpt import build_model, example_inputs
 
     model = build_model(tiny_config.model)
-    variables = jax.jit(model.init)(jax.random.key(0), **example_inputs(tiny_config.model, batch_size=2))
-    return model, nn.unbox(variables)["params"]
+    shapes = jax.eval_shape(model.init, jax.random.key(0), **example_inputs(tiny_config.model))
+    return model, random_params(nn.unbox(shapes)["params"])

@@ -22,7 +22,7 @@ from ml_collections import config_flags
 from upgpt_jax.diffusion import NoiseSchedule, eps_loss
 from upgpt_jax.models.clip import clip_from_config, clip_param_shapes, clip_preprocess, encode_style_images, \
     encode_text_tokens
-from upgpt_jax.models.upgpt import build_model, example_inputs
+from upgpt_jax.models.upgpt import build_model, example_inputs, init_params
 from upgpt_jax.tokenizer import load_clip_tokenizer, tokenize
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/synthetic_tiny.py", "Model config file.")
@@ -53,7 +53,7 @@ def _run_once(config) -> None:
     model_config = config.model
     model = build_model(model_config)
     start = time.perf_counter()
-    params = nn.unbox(jax.jit(model.init)(jax.random.key(config.seed), **example_inputs(model_config)))["params"]
+    params = init_params(model, model_config, config.seed)
     clip, clip_params = clip_from_config(model_config.clip, seed=config.seed)
     print(f"initialised in {time.perf_counter() - start:.1f}s")
 

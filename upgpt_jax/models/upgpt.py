@@ -97,6 +97,17 @@ def example_inputs(model_config: ml_collections.ConfigDict, batch_size: int = 1)
     )
 
 
+def init_params(model: UPGPT, model_config: ml_collections.ConfigDict, seed: int) -> dict[str, Any]:
+    """Freshly initialised parameters (unboxed), e.g. to train from scratch.
+
+    The key uses the "unsafe_rbg" generator for init only: with the default threefry, XLA spends
+    about twice as long compiling the hundreds of per-parameter random draws as the model itself
+    (measured 25 s vs 12.6 s for the tiny UNet on 2 CPU cores). Same seed, same parameters.
+    """
+    key = jax.random.key(seed, impl="unsafe_rbg")
+    return nn.unbox(jax.jit(model.init)(key, **example_inputs(model_config)))["params"]
+
+
 def _plain(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """A ConfigDict as a plain dict with tuples (hashable, as linen module fields should be)."""
     return {key: tuple(value) if isinstance(value, list) else value for key, value in config.to_dict().items()}

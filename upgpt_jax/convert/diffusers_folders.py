@@ -1,0 +1,257 @@
+"""diffusers model folders (config.json + weights) -> our UNet and VAE params.
+
+Our modules mirror diffusers' UNet2DConditionModel and AutoencoderKL names, so the weights map
+by the generic rule; what needs care is that the folder describes the same architecture as our
+config. Every field that changes the structure or the computation is compared (missing fields
+take diffusers' defaults) and all differences are reported at once, before any weight is read.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from upgpt_jax.convert.params_io import StateDict, WeightFileError, abstract_params, read_state_dict
+from upgpt_jax.convert.torch_params import torch_to_flax_params
+
+CONFIG_FILE = "config.json"
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+SHARD_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+
+_UNET_DEFAULT_DOWN = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+_UNET_DEFAULT_UP = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
+# Fields our modules implement with one fixed setting: {field: (required value, diffusers default)}.
+_UNET_FIXED = {
+    "mid_block_type": ("UNetMidBlock2DCrossAttn", "UNetMidBlock2DCrossAttn"),
+    "flip_sin_to_cos": (True, True),
+    "freq_shift": (0, 0),
+    "act_fn": ("silu", "silu"),
+    "norm_eps": (1e-5, 1e-5),
+    "time_embedding_type": ("positional", "positional"),
+    "resnet_time_scale_shift": ("default", "default"),
+    "conv_in_kernel": (3, 3),
+    "conv_out_kernel": (3, 3),
+    "only_cross_attention": (False, False),
+    "dual_cross_attention": (False, False),
+    "class_embed_type": (None, None),
+    "num_class_embeds": (None, None),
+    "addition_embed_type": (None, None),
+    "encoder_hid_dim": (None, None),
+    "time_embedding_dim": (None, None),
+    "time_cond_proj_dim": (None, None),
+    "attention_type": ("default", "default"),
+    "resnet_skip_time_act": (False, False),
+    "timestep_post_act": (None, None),
+    "cross_attention_norm": (None, None),
+    "addition_time_embed_dim": (None, None),
+    "projection_class_embeddings_input_dim": (None, None),
+    "reverse_transformer_layers_per_block": (None, None),
+    "center_input_sample": (False, False),
+    "downsample_padding": (1, 1),
+    "mid_block_scale_factor": (1, 1),
+    "resnet_out_scale_factor": (1.0, 1.0),
+    "time_embedding_act_fn": (None, None),
+}
+_VAE_FIXED = {
+    "act_fn": ("silu", "silu"),
+    "mid_block_add_attention": (True, True),
+    "use_quant_conv": (True, True),
+    "use_post_quant_conv": (True, True),
+}
+# Renames for AutoencoderKL folders saved before diffusers 0.14 (mid-block attention names).
+_LEGACY_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+class ConfigMismatchError(ValueError):
+    """A diffusers config that describes another architecture than ours."""
+
+
+def _per_block(value: Any, count: int) -> list[Any]:
+    """diffusers accepts one value or one per block for several fields."""
+    return list(value) if isinstance(value, (list, tuple)) else [value] * count
+
+
+def unet_config_differences(folder: Mapping[str, Any], unet: Any) -> list[str]:
+    """'field: folder has X, our config needs Y' for each field of a UNet2DConditionModel config
+    that does not describe `config.model.unet`."""
+    levels = len(unet.channel_mult)
+    down = [
+        "CrossAttnDownBlock2D" if level in unet.attention_levels else "DownBlock2D"
+        for level in range(levels)
+    ]
+    up = [name.replace("Down", "Up") for name in reversed(down)]
+    heads = folder.get("num_attention_heads") or folder.get("attention_head_dim", 8)
+    get = folder.get
+    compared = {
+        "in_channels": (get("in_channels", 4), unet.in_channels),
+        "out_channels": (get("out_channels", 4), unet.out_channels),
+        "block_out_channels (channels * channel_mult)": (
+            list(get("block_out_channels", (320, 640, 1280, 1280))),
+            [unet.channels * m for m in unet.channel_mult],
+        ),
+        "down_block_types (attention_levels)": (
+            list(get("down_block_types", _UNET_DEFAULT_DOWN)),
+            down,
+        ),
+        "up_block_types (attention_levels)": (list(get("up_block_types", _UNET_DEFAULT_UP)), up),
+        "layers_per_block (num_res_blocks)": (
+            _per_block(get("layers_per_block", 2), levels),
+            [unet.num_res_blocks] * levels,
+        ),
+        "attention_head_dim / num_attention_heads (num_heads)": (
+            _per_block(heads, levels),
+            [unet.num_heads] * levels,
+        ),
+        "transformer_layers_per_block (transformer_depth)": (
+            _per_block(get("transformer_layers_per_block", 1), levels),
+            [unet.transformer_depth] * levels,
+        ),
+        "cross_attention_dim (context_dim)": (get("cross_attention_dim", 1280), unet.context_dim),
+        "norm_num_groups (norm_groups)": (get("norm_num_groups", 32), unet.norm_groups),
+        "use_linear_projection": (get("use_linear_projection", False), unet.use_linear_projection),
+        **{
+            field: (get(field, default), required)
+            for field, (required, default) in _UNET_FIXED.items()
+        },
+    }
+    return _differences(compared)
+
+
+def vae_config_differences(folder: Mapping[str, Any], vae: Any) -> list[str]:
+    """As `unet_config_differences`, for an AutoencoderKL config against `config.model.vae`."""
+    levels = len(vae.channel_mult)
+    get = folder.get
+    compared = {
+        "in_channels": (get("in_channels", 3), vae.in_channels),
+        "out_channels": (get("out_channels", 3), vae.out_channels),
+        "block_out_channels (channels * channel_mult)": (
+            list(get("block_out_channels", (64,))),
+            [vae.channels * m for m in vae.channel_mult],
+        ),
+        "down_block_types": (
+            list(get("down_block_types", ("DownEncoderBlock2D",))),
+            ["DownEncoderBlock2D"] * levels,
+        ),
+        "up_block_types": (
+            list(get("up_block_types", ("UpDecoderBlock2D",))),
+            ["UpDecoderBlock2D"] * levels,
+        ),
+        "layers_per_block (num_res_blocks)": (get("layers_per_block", 1), vae.num_res_blocks),
+        "latent_channels (z_channels)": (get("latent_channels", 4), vae.z_channels),
+        "norm_num_groups (norm_groups)": (get("norm_num_groups", 32), vae.norm_groups),
+        **{
+            field: (get(field, default), required)
+            for field, (required, default) in _VAE_FIXED.items()
+        },
+    }
+    return _differences(compared)
+
+
+def _differences(compared: Mapping[str, tuple[Any, Any]]) -> list[str]:
+    return [
+        f"{field}: folder has {found!r}, our config needs {needed!r}"
+        for field, (found, needed) in compared.items()
+        if found != needed
+    ]
+
+
+def read_config(directory: str | pathlib.Path) -> dict[str, Any]:
+    """config.json of a diffusers model folder."""
+    config_path = pathlib.Path(directory) / CONFIG_FILE
+    if not config_path.is_file():
+        raise WeightFileError(f"{directory} is not a diffusers model folder: no {CONFIG_FILE}")
+    try:
+        return json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise WeightFileError(f"{config_path}: invalid JSON ({error})") from error
+
+
+def weight_files(directory: str | pathlib.Path) -> list[pathlib.Path]:
+    """The folder's weight files: the shards of a safetensors index, or the single file."""
+    directory = pathlib.Path(directory)
+    index = directory / SHARD_INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        return [directory / name for name in sorted(set(weight_map.values()))]
+    for name in WEIGHT_FILES:
+        if (directory / name).is_file():
+            return [directory / name]
+    found = sorted(path.name for path in directory.iterdir())
+    raise WeightFileError(
+        f"{directory}: no weights; expected {SHARD_INDEX} or one of {WEIGHT_FILES}, found {found}"
+    )
+
+
+def _checked_config(
+    directory: str | pathlib.Path,
+    class_name: str,
+    differences: Callable,
+    section: Any,
+    section_name: str,
+) -> dict[str, Any]:
+    config = read_config(directory)
+    found = config.get("_class_name", class_name)
+    if found != class_name:
+        raise ConfigMismatchError(f"{directory}: a {found} folder, expected {class_name}")
+    mismatches = differences(config, section)
+    if mismatches:
+        raise ConfigMismatchError(
+            f"{directory}/{CONFIG_FILE} does not match config.model.{section_name}:\n  "
+            + "\n  ".join(mismatches)
+        )
+    return config
+
+
+def _read_weights(files: list[pathlib.Path]) -> StateDict:
+    state_dict: StateDict = {}
+    for path in files:
+        state_dict.update(read_state_dict(path))
+    return state_dict
+
+
+def load_diffusers_unet(
+    directory: str | pathlib.Path, model_config: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(params, info) of a diffusers UNet2DConditionModel folder, checked against
+    `config.model.unet`."""
+    _checked_config(
+        directory, "UNet2DConditionModel", unet_config_differences, model_config.unet, "unet"
+    )
+    files = weight_files(directory)
+    expected = abstract_params(model_config, ["unet"])["unet"]
+    params = torch_to_flax_params(_read_weights(files), expected, source=str(directory))
+    return params, {"files": [str(path) for path in files]}
+
+
+def load_diffusers_vae(
+    directory: str | pathlib.Path, model_config: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(params, info) of a diffusers AutoencoderKL folder checked against `config.model.vae`.
+
+    info carries the folder's `scaling_factor`, the latent scale the diffusion model used.
+    """
+    config = _checked_config(
+        directory, "AutoencoderKL", vae_config_differences, model_config.vae, "vae"
+    )
+    files = weight_files(directory)
+    expected = abstract_params(model_config, ["vae"])["vae"]
+    state_dict = _rename_legacy_attention(_read_weights(files))
+    params = torch_to_flax_params(state_dict, expected, source=str(directory))
+    return params, {
+        "files": [str(path) for path in files],
+        "scaling_factor": config.get("scaling_factor"),
+    }
+
+
+def _rename_legacy_attention(state_dict: StateDict) -> StateDict:
+    """`mid_block.attentions.0.query.weight` (old diffusers) -> `...attentions.0.to_q.weight`."""
+    renamed = {}
+    for key, value in state_dict.items():
+        head, _, leaf = key.rpartition(".")
+        module, _, child = head.rpartition(".")
+        if ".mid_block.attentions." in key and child in _LEGACY_VAE_ATTENTION:
+            key = f"{module}.{_LEGACY_VAE_ATTENTION[child]}.{leaf}"
+        renamed[key] = value
+    return renamed
