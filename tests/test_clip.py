@@ -13,6 +13,7 @@ import torch
 from flax import serialization
 from transformers import CLIPImageProcessor, CLIPModel, CLIPTextModel, FlaxCLIPModel
 
+from upgpt_jax.convert.torch_params import WeightConversionError
 from upgpt_jax.models import clip
 
 TINY = dict(
@@ -148,7 +149,7 @@ def test_bad_inputs_are_named(loaded):
         clip.encode_text_tokens(encoders, params, np.zeros((1, 78), np.int32))
 
 
-def test_load_errors_name_the_problem(torch_clip, clip_dir, tmp_path):
+def test_load_errors_name_the_problem(torch_clip, clip_dir, loaded, tmp_path):
     missing = tmp_path / "no_such_clip"
     with pytest.raises(FileNotFoundError, match=r"no_such_clip does not exist.*config\.json.*model\.safetensors"):
         clip.load_clip(missing)
@@ -169,8 +170,26 @@ def test_load_errors_name_the_problem(torch_clip, clip_dir, tmp_path):
     config = json.loads((mismatched / "config.json").read_text())
     config["projection_dim"] = 8
     (mismatched / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"text_projection/kernel: shape \(32, 16\), expected \(32, 8\)"):
+    with pytest.raises(WeightConversionError) as raised:
         clip.load_clip(mismatched)
+    message = str(raised.value)
+    assert f"weights from {mismatched / 'model.safetensors'} do not match" in message
+    assert "text_projection.weight -> text_projection/kernel: got (32, 16), expected (32, 8)" in message
+    assert sorted(line.split(" -> ")[0] for line in raised.value.misshaped) == [
+        "text_projection.weight", "visual_projection.weight"
+    ]
+
+    msgpack = tmp_path / "msgpack"
+    torch_clip.config.save_pretrained(msgpack)
+    tree = jax.tree.map(np.asarray, loaded[1])
+    tree["text_model"]["final_layer_norm"]["extra"] = np.zeros(3, np.float32)
+    del tree["visual_projection"]
+    (msgpack / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize(tree))
+    with pytest.raises(WeightConversionError) as raised:
+        clip.load_clip(msgpack)
+    assert str(msgpack / "flax_model.msgpack") in str(raised.value)
+    assert raised.value.missing == ["visual_projection/kernel (32, 16)"]
+    assert raised.value.unexpected == ["text_model/final_layer_norm/extra (3,)"]
 
 
 @pytest.mark.parametrize("height, width, size", [(300, 257, 224), (224, 224, 224), (181, 410, 224), (50, 45, 32)])

@@ -22,15 +22,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from upgpt_jax.convert import diffusers_folders, ldm
-from upgpt_jax.convert.params_io import (
-    PARAMS_DIR,
-    PARTS,
-    WeightFileError,
-    count_params,
-    read_state_dict,
-    save_params,
-)
+from upgpt_jax.convert.params_io import PARAMS_DIR, PARTS, count_params, save_params
 from upgpt_jax.convert.torch_params import WeightConversionError
+from upgpt_jax.convert.weight_files import WeightFileError, read_state_dict
 
 
 def _define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:

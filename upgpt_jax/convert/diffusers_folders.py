@@ -13,12 +13,23 @@ import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from upgpt_jax.convert.params_io import StateDict, WeightFileError, abstract_params, read_state_dict
+from upgpt_jax.convert.params_io import abstract_params
 from upgpt_jax.convert.torch_params import torch_to_flax_params
+from upgpt_jax.convert.weight_files import (
+    StateDict,
+    WeightFileError,
+    find_weight_file,
+    read_state_dict,
+    shard_files,
+)
 
 CONFIG_FILE = "config.json"
-WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-SHARD_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+# The folder's weights, the first present winning: a safetensors shard index or one file.
+WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+)
 
 _UNET_DEFAULT_DOWN = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
 _UNET_DEFAULT_UP = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
@@ -168,22 +179,6 @@ def read_config(directory: str | pathlib.Path) -> dict[str, Any]:
         raise WeightFileError(f"{config_path}: invalid JSON ({error})") from error
 
 
-def weight_files(directory: str | pathlib.Path) -> list[pathlib.Path]:
-    """The folder's weight files: the shards of a safetensors index, or the single file."""
-    directory = pathlib.Path(directory)
-    index = directory / SHARD_INDEX
-    if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-        return [directory / name for name in sorted(set(weight_map.values()))]
-    for name in WEIGHT_FILES:
-        if (directory / name).is_file():
-            return [directory / name]
-    found = sorted(path.name for path in directory.iterdir())
-    raise WeightFileError(
-        f"{directory}: no weights; expected {SHARD_INDEX} or one of {WEIGHT_FILES}, found {found}"
-    )
-
-
 def _checked_config(
     directory: str | pathlib.Path,
     class_name: str,
@@ -204,13 +199,6 @@ def _checked_config(
     return config
 
 
-def _read_weights(files: list[pathlib.Path]) -> StateDict:
-    state_dict: StateDict = {}
-    for path in files:
-        state_dict.update(read_state_dict(path))
-    return state_dict
-
-
 def load_diffusers_unet(
     directory: str | pathlib.Path, model_config: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -219,10 +207,10 @@ def load_diffusers_unet(
     _checked_config(
         directory, "UNet2DConditionModel", unet_config_differences, model_config.unet, "unet"
     )
-    files = weight_files(directory)
+    weight_file = find_weight_file(directory, WEIGHT_FILES)
     expected = abstract_params(model_config, ["unet"])["unet"]
-    params = torch_to_flax_params(_read_weights(files), expected, source=str(directory))
-    return params, {"files": [str(path) for path in files]}
+    params = torch_to_flax_params(read_state_dict(weight_file), expected, source=str(directory))
+    return params, {"files": [str(path) for path in shard_files(weight_file)]}
 
 
 def load_diffusers_vae(
@@ -235,12 +223,12 @@ def load_diffusers_vae(
     config = _checked_config(
         directory, "AutoencoderKL", vae_config_differences, model_config.vae, "vae"
     )
-    files = weight_files(directory)
+    weight_file = find_weight_file(directory, WEIGHT_FILES)
     expected = abstract_params(model_config, ["vae"])["vae"]
-    state_dict = _rename_legacy_attention(_read_weights(files))
+    state_dict = _rename_legacy_attention(read_state_dict(weight_file))
     params = torch_to_flax_params(state_dict, expected, source=str(directory))
     return params, {
-        "files": [str(path) for path in files],
+        "files": [str(path) for path in shard_files(weight_file)],
         "scaling_factor": config.get("scaling_factor"),
     }
 

@@ -1,4 +1,4 @@
-"""Reading PyTorch weight files and writing/reading our converted parameter trees.
+"""Writing and reading our converted parameter trees (weight files are read by weight_files).
 
 Converted weights live in one directory:
   DIR/params/          an orbax PyTree checkpoint of {"unet": ..., "vae": ..., "fusion": {...}}
@@ -20,120 +20,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from upgpt_jax.convert.weight_files import WeightFileError
+
 # The sub-trees of a converted-params tree, each optional.
 PARTS = ("unet", "vae", "fusion")
 PARAMS_DIR = "params"
 METADATA_FILE = "metadata.json"
-TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 PyTree = Any
-# Tensors as stored (torch tensors, or numpy arrays where torch is absent); the generic rule
-# (torch_params.torch_to_flax_params) converts only what it uses, to the params' dtype.
-StateDict = dict[str, Any]
-
-
-class WeightFileError(ValueError):
-    """A weight file or converted-params directory that cannot be read."""
-
-
-def read_state_dict(path: str | os.PathLike) -> StateDict:
-    """A flat {key: tensor} from .safetensors, .ckpt/.pt/.pth/.bin.
-
-    PyTorch files are read with `torch.load(weights_only=True)` (never a plain unpickler); a
-    Lightning checkpoint's `state_dict` entry is used when present.
-    """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise WeightFileError(f"weight file not found: {path}")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    if path.suffix in TORCH_SUFFIXES:
-        return _read_torch(path)
-    raise WeightFileError(
-        f"{path}: unknown weight file type {path.suffix!r}; "
-        f"expected .safetensors or one of {TORCH_SUFFIXES}"
-    )
-
-
-def _read_safetensors(path: pathlib.Path) -> StateDict:
-    from safetensors import SafetensorError, safe_open
-
-    try:  # The torch view reads bfloat16, which numpy cannot; torch is optional for safetensors.
-        import torch  # noqa: F401
-
-        framework = "pt"
-    except ImportError:
-        framework = "numpy"
-    try:
-        with safe_open(path, framework=framework) as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError) as error:
-        raise WeightFileError(f"{path}: not a readable safetensors file ({error})") from error
-
-
-def _read_torch(path: pathlib.Path) -> StateDict:
-    try:
-        import torch
-    except ImportError as error:
-        raise WeightFileError(
-            f"{path}: reading PyTorch files needs torch (pip install torch), or convert the "
-            "file to .safetensors"
-        ) from error
-    contents, stubbed = _torch_load(path)
-    state_dict = contents.get("state_dict", contents) if isinstance(contents, dict) else None
-    tensors = (
-        {}
-        if not isinstance(state_dict, Mapping)
-        else {key: value for key, value in state_dict.items() if isinstance(value, torch.Tensor)}
-    )
-    if not tensors:
-        found = sorted(contents)[:20] if isinstance(contents, dict) else type(contents).__name__
-        raise WeightFileError(
-            f"{path}: no tensors found; expected a state dict or a dict with a 'state_dict' "
-            f"entry, got {found}"
-            + (f" (objects of {sorted(stubbed)} were skipped)" if stubbed else "")
-        )
-    return tensors
-
-
-class _SkippedObject:
-    """Stands in for a non-tensor object of a checkpoint (optimizer/callback state, configs).
-
-    Lightning checkpoints pickle such objects beside the weights; `weights_only` loading refuses
-    any class it does not know. Allowing these inert stand-ins instead of the real classes keeps
-    the restricted unpickler (no code from the file runs, nothing is imported) while the tensors
-    load. The stand-ins only absorb their arguments and state.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        self.args, self.kwargs = args, kwargs
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-def _torch_load(path: pathlib.Path) -> tuple[Any, list[str]]:
-    """torch.load(weights_only=True), with inert stand-ins for the non-tensor classes it names."""
-    import torch
-    from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
-
-    try:
-        unsafe = sorted(get_unsafe_globals_in_checkpoint(str(path)))
-    except Exception as error:  # Not a torch zip file, truncated, or an old (non-zip) format.
-        unsafe, listing_error = [], error
-    else:
-        listing_error = None
-    stand_ins = [(type(name.rpartition(".")[2], (_SkippedObject,), {}), name) for name in unsafe]
-    try:
-        with safe_globals(stand_ins):
-            return torch.load(path, map_location="cpu", weights_only=True), unsafe
-    except Exception as error:
-        detail = f"; listing its classes failed: {listing_error}" if listing_error else ""
-        raise WeightFileError(
-            f"{path}: cannot be read with torch.load(weights_only=True): {error}{detail}. "
-            "Re-save just the weights where the original code runs, e.g. "
-            "torch.save(torch.load(path)['state_dict'], 'weights.pt'), or as .safetensors."
-        ) from error
 
 
 def save_params(directory: str | os.PathLike, params: PyTree, metadata: Mapping[str, Any]) -> None:

@@ -12,7 +12,7 @@ Everything is checked against that tree, and all problems are reported together 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import flax
@@ -48,8 +48,8 @@ class WeightConversionError(ValueError):
         ]
         for title, lines in (
             ("missing (flax path, expected shape)", missing),
-            ("unexpected (torch key, shape)", unexpected),
-            ("misshaped (torch key -> flax path: got shape after layout change, expected)",
+            ("unexpected (key in the weights, shape)", unexpected),
+            ("misshaped (key in the weights -> flax path: got shape in flax layout, expected)",
              misshaped),
         ):
             if lines:
@@ -108,22 +108,28 @@ def _split_params_collection(expected: PyTree) -> tuple[PyTree, bool]:
 
 
 def match_torch_keys(
-    shapes: Mapping[str, tuple[int, ...]], expected: PyTree, *, source: str
+    shapes: Mapping[str, tuple[int, ...]],
+    expected: PyTree,
+    *,
+    source: str,
+    key_to_path: Callable[[str], FlaxPath] = torch_key_to_flax_path,
 ) -> dict[str, FlaxPath]:
     """Map each torch key to its Flax path, checking names and shapes against `expected`.
 
     `shapes` holds torch-layout shapes only, so a checkpoint can be validated from its header
     (e.g. safetensors metadata) before any tensor is read. `expected` is a params tree (or
     {'params': tree}) of arrays or ShapeDtypeStructs, boxed or not, e.g. from
-    `jax.eval_shape(model.init, ...)`. Raises `WeightConversionError` listing every problem.
+    `jax.eval_shape(model.init, ...)`. `key_to_path` splits a key into a Flax path whose leaf is
+    still torch's (default: the generic `name_N` rule; Hugging Face's Flax models keep list
+    indices as keys of their own). Raises `WeightConversionError` listing every problem.
     """
     flat_expected = _flat_expected(_split_params_collection(expected)[0])
-    matched: dict[str, FlaxPath] = {}
+    placed: dict[str, tuple[FlaxPath, tuple[int, ...]]] = {}
     claimed: dict[FlaxPath, str] = {}
-    unexpected, misshaped = [], []
+    unexpected = []
     for key, torch_shape in shapes.items():
         torch_shape = tuple(int(d) for d in torch_shape)
-        path = torch_key_to_flax_path(key)
+        path = key_to_path(key)
         if path[-1] == "weight":
             candidates = [path[:-1] + (name,) for name in _WEIGHT_NAMES]
         else:
@@ -134,20 +140,51 @@ def match_torch_keys(
             unexpected.append(f"{key} {torch_shape}{reason}")
             continue
         claimed[target] = key
-        got = _flax_layout_shape(torch_shape, target[-1])
-        want = tuple(flat_expected[target].shape)
-        if got != want:
-            misshaped.append(f"{key} -> {'/'.join(target)}: got {got}, expected {want}")
+        placed[key] = (target, _flax_layout_shape(torch_shape, target[-1]))
+    return _checked(placed, unexpected, flat_expected, source)
+
+
+def check_flax_params(
+    flat_params: Mapping[FlaxPath, Any], expected: PyTree, *, source: str
+) -> None:
+    """Check a flat params dict already in Flax names and layout (e.g. read from a Flax msgpack
+    file) against `expected`, as `match_torch_keys` does; raises `WeightConversionError`."""
+    flat_expected = _flat_expected(_split_params_collection(expected)[0])
+    placed, unexpected = {}, []
+    for path, value in flat_params.items():
+        shape = tuple(np.shape(value))
+        if path in flat_expected:
+            placed["/".join(path)] = (path, shape)
         else:
-            matched[key] = target
+            unexpected.append(f"{'/'.join(path)} {shape}")
+    _checked(placed, unexpected, flat_expected, source)
+
+
+def _checked(
+    placed: Mapping[str, tuple[FlaxPath, tuple[int, ...]]],
+    unexpected: list[str],
+    flat_expected: Mapping[FlaxPath, Any],
+    source: str,
+) -> dict[str, FlaxPath]:
+    """{key: flax path} of `placed` ({key: (its flax path, its shape in flax layout)}) when those
+    shapes are right, nothing expected is left unplaced and nothing is `unexpected`; otherwise one
+    `WeightConversionError` naming every problem."""
+    misshaped = []
+    for key, (path, got) in placed.items():
+        want = tuple(flat_expected[path].shape)
+        if got != want:
+            name = "/".join(path)
+            label = key if key == name else f"{key} -> {name}"
+            misshaped.append(f"{label}: got {got}, expected {want}")
+    placed_paths = {path for path, _ in placed.values()}
     missing = [
         f"{'/'.join(path)} {tuple(leaf.shape)}"
         for path, leaf in flat_expected.items()
-        if path not in claimed
+        if path not in placed_paths
     ]
     if missing or unexpected or misshaped:
         raise WeightConversionError(source, missing, unexpected, misshaped)
-    return matched
+    return {key: path for key, (path, _) in placed.items()}
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -161,18 +198,22 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def torch_to_flax_params(
-    state_dict: Mapping[str, Any], expected: PyTree, *, source: str
+    state_dict: Mapping[str, Any],
+    expected: PyTree,
+    *,
+    source: str,
+    key_to_path: Callable[[str], FlaxPath] = torch_key_to_flax_path,
 ) -> dict[str, Any]:
     """Convert a PyTorch state dict (torch tensors or numpy arrays) to a Flax params tree.
 
     The result mirrors `expected` (a params tree, or {'params': tree} which is then returned in
     the same wrapping), holds numpy arrays cast to the expected dtypes, and carries no logical
     partitioning boxes (apply works on plain trees; put them on devices with `jax.device_put`).
-    `source` names the checkpoint in errors.
+    `source` names the checkpoint in errors; `key_to_path` as in `match_torch_keys`.
     """
     params_tree, wrapped = _split_params_collection(expected)
     shapes = {key: tuple(value.shape) for key, value in state_dict.items()}
-    matched = match_torch_keys(shapes, params_tree, source=source)
+    matched = match_torch_keys(shapes, params_tree, source=source, key_to_path=key_to_path)
     flat_expected = _flat_expected(params_tree)
     flat = {}
     for key, path in matched.items():
