@@ -1,0 +1,1 @@
+"""Datasets for upgpt-jax: the embedded procedural ``synthetic`` people and (later) DeepFashion."""

@@ -1,0 +1,30 @@
+"""``synthetic_people``: procedural clothed mannequins posed by SMPL, the dataset the project carries.
+
+A deterministic numpy renderer, no files or downloads needed (see ``generate.py`` for the
+identity split and seeding, ``raster.py`` for how the images are drawn)::
+
+    from upgpt_jax.data.synthetic import make_example, make_pair, generate
+    example = make_example(0, split="train")      # image, mask, smpl, text, styles, ...
+    pair = make_pair(identity_id=3, seed=0)        # same person, two poses
+"""
+
+from upgpt_jax.data.synthetic.generate import (
+    SPLITS,
+    generate,
+    identity_from_id,
+    identity_split,
+    make_example,
+    make_pair,
+    render_example,
+    split_identity_ids,
+)
+from upgpt_jax.data.synthetic.identity import Identity, describe, sample_identity
+from upgpt_jax.data.synthetic.mannequin import PARTS
+from upgpt_jax.data.synthetic.pose_prior import PosePrior, default_prior, prior_from_frankmocap, sample_pose
+from upgpt_jax.data.synthetic.render import render
+
+__all__ = [
+    "PARTS", "SPLITS", "Identity", "PosePrior", "default_prior", "describe", "generate", "identity_from_id",
+    "identity_split", "make_example", "make_pair", "prior_from_frankmocap", "render", "render_example",
+    "sample_identity", "sample_pose", "split_identity_ids",
+]
