@@ -28,11 +28,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors
 from flax import serialization, traverse_util
 from PIL import Image
 from transformers import CLIPConfig
 from transformers.models.clip.modeling_flax_clip import FlaxCLIPTextTransformer, FlaxCLIPVisionTransformer
+
+from upgpt_jax.convert.torch_params import check_flax_params, torch_to_flax_params
+from upgpt_jax.convert.weight_files import find_weight_file, read_state_dict
 
 PARAM_GROUPS = ("text_model", "vision_model", "text_projection", "visual_projection")
 
@@ -44,6 +46,9 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+# Weights of a CLIPModel checkpoint the encoders do not use: position-id buffers and the
+# contrastive logit scale.
+_UNUSED_WEIGHTS = ("position_ids", "logit_scale")
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -195,7 +200,8 @@ def load_clip(
     openai/clip-vit-large-patch14) with config.json and one of WEIGHT_FILES (PyTorch weights are
     converted here; `.bin` files need torch). Not supported: text-only or vision-only folders (such
     as Stable Diffusion's `text_encoder`), since UPGPT needs both towers and both projections of one
-    model.
+    model. Weights that do not fit config.json raise `convert.torch_params.WeightConversionError`,
+    as every importer does.
     """
     folder = pathlib.Path(path)
     expectation = (
@@ -207,9 +213,7 @@ def load_clip(
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} not found; {expectation}")
-    weight_file = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
-    if weight_file is None:
-        raise FileNotFoundError(f"no weight file in {folder}; {expectation}")
+    weight_file = find_weight_file(folder, WEIGHT_FILES)  # Its error is a FileNotFoundError.
     model_type = json.loads(config_file.read_text()).get("model_type")
     if model_type != "clip":
         raise ValueError(
@@ -218,14 +222,19 @@ def load_clip(
         )
 
     encoders = build_clip_encoders(CLIPConfig.from_json_file(config_file), dtype)
-    expected = _expected_shapes(encoders)
+    expected = clip_param_shapes(encoders)
     if weight_file.name == "flax_model.msgpack":
-        params = serialization.msgpack_restore(weight_file.read_bytes())
-        flat = {key: value for key, value in traverse_util.flatten_dict(params).items() if key != ("logit_scale",)}
+        flat = traverse_util.flatten_dict(serialization.msgpack_restore(weight_file.read_bytes()))
+        flat = {key: value for key, value in flat.items() if key[-1] not in _UNUSED_WEIGHTS}
+        check_flax_params(flat, expected, source=str(weight_file))
+        params = traverse_util.unflatten_dict(flat)
     else:
-        flat = _torch_names_to_flax(_read_torch_state_dict(weight_file), expected)
-    _check_params(flat, expected, weight_file)
-    return encoders, _cast(traverse_util.unflatten_dict(flat), param_dtype)
+        state = {
+            name: tensor for name, tensor in read_state_dict(weight_file).items()
+            if name.rpartition(".")[2] not in _UNUSED_WEIGHTS
+        }
+        params = torch_to_flax_params(state, expected, source=str(weight_file), key_to_path=_hf_flax_path)
+    return encoders, _cast(params, param_dtype)
 
 
 def clip_from_config(
@@ -322,63 +331,8 @@ def _cast(params: dict, param_dtype: Any) -> dict:
     return jax.tree.map(lambda leaf: jnp.asarray(leaf, param_dtype), params)
 
 
-def _expected_shapes(encoders: ClipEncoders) -> dict[tuple[str, ...], tuple[int, ...]]:
-    return {key: leaf.shape for key, leaf in traverse_util.flatten_dict(clip_param_shapes(encoders)).items()}
-
-
-def _read_torch_state_dict(weight_file: pathlib.Path) -> dict[str, Any]:
-    """PyTorch-named arrays from a safetensors or .bin file, or from the shards its index names."""
-    if weight_file.name.endswith(".index.json"):
-        shards = sorted(set(json.loads(weight_file.read_text())["weight_map"].values()))
-        state = {}
-        for shard in shards:
-            state.update(_read_torch_state_dict(weight_file.parent / shard))
-        return state
-    if weight_file.suffix == ".safetensors":
-        with safetensors.safe_open(weight_file, framework="flax") as tensors:
-            return {name: tensors.get_tensor(name) for name in tensors.keys()}
-    try:
-        import torch
-    except ImportError as error:
-        raise ImportError(f"reading {weight_file} needs torch; or convert it to model.safetensors") from error
-    state = torch.load(weight_file, map_location="cpu", weights_only=True)
-    return {name: tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
-            for name, tensor in state.items()}
-
-
-def _torch_names_to_flax(state: Mapping[str, Any], expected: Mapping[tuple[str, ...], Any]) -> dict:
-    """Rename PyTorch CLIPModel weights to the Flax layout: a `weight` becomes a norm `scale`, an
-    `embedding`, or a (transposed) `kernel`, whichever the Flax module has. Buffers and the
-    contrastive logit scale, unused here, are dropped."""
-    flat = {}
-    for name, array in state.items():
-        key = tuple(name.split("."))
-        if key[-1] == "position_ids" or key == ("logit_scale",):
-            continue
-        if key[-1] == "weight":
-            named = [key[:-1] + (leaf,) for leaf in ("scale", "embedding") if key[:-1] + (leaf,) in expected]
-            if named:
-                key = named[0]
-            else:
-                key = key[:-1] + ("kernel",)
-                array = array.transpose(2, 3, 1, 0) if array.ndim == 4 else array.T
-        flat[key] = array
-    return flat
-
-
-def _check_params(
-    flat: Mapping[tuple[str, ...], Any], expected: Mapping[tuple[str, ...], tuple], source: pathlib.Path
-) -> None:
-    """Raise naming every missing, unexpected or misshapen weight."""
-    problems = [f"{'/'.join(key)}: missing" for key in expected if key not in flat]
-    problems += [f"{'/'.join(key)}: unexpected" for key in flat if key not in expected]
-    problems += [
-        f"{'/'.join(key)}: shape {tuple(np.shape(flat[key]))}, expected {shape}"
-        for key, shape in expected.items()
-        if key in flat and tuple(np.shape(flat[key])) != shape
-    ]
-    if problems:
-        raise ValueError(
-            f"CLIP weights in {source} do not match its config.json ({len(problems)} problems): "
-            + "; ".join(problems[:10])
-        )
+def _hf_flax_path(name: str) -> tuple[str, ...]:
+    """A PyTorch CLIPModel key as a path of transformers' Flax CLIP params, whose leaf the generic
+    rule then renames: Flax CLIP keeps list indices as keys of their own
+    (`text_model.encoder.layers.0` -> text_model/encoder/layers/0), not joined as `name_N`."""
+    return tuple(name.split("."))
