@@ -1,8 +1,8 @@
 """`python -m upgpt_jax.convert` end to end: files written by PyTorch in, `load_params` out.
 
-References are the PyTorch modules the files were saved from (LDM's, via test_convert_ldm, and
+References are the PyTorch modules the files were saved from (LDM's, via ldm_fixtures, and
 diffusers'). The model config is configs/synthetic_tiny.py with command-line overrides (see
-test_convert_ldm), so the config-file and override plumbing is exercised as users run it.
+ldm_fixtures), so the config-file and override plumbing is exercised as users run it.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from diffusers import AutoencoderKL as TorchAutoencoderKL
-from diffusers import UNet2DConditionModel
 from omegaconf import OmegaConf
 
-from test_convert_ldm import (
+from ldm_fixtures import (
     CONFIG_FILE,
     CONFIG_OVERRIDES,
     TOLERANCE,
@@ -29,10 +27,9 @@ from test_convert_ldm import (
     assert_pose_matches,
     assert_unet_matches,
     assert_vae_matches,
-    randomize_,
-    relative_error,
     tiny_model_config,
 )
+from references import diffusers_unet, diffusers_vae, nhwc, randomize_weights, relative_error
 from upgpt_jax.convert.__main__ import main
 from upgpt_jax.convert.diffusers_folders import ConfigMismatchError, load_diffusers_unet
 from upgpt_jax.convert.params_io import WeightFileError, load_params
@@ -168,37 +165,10 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys, weights):
 
 
 def diffusers_modules(model_config, seed: int = 11):
-    unet, vae = model_config.unet, model_config.vae
-    down = tuple(
-        "CrossAttnDownBlock2D" if level in unet.attention_levels else "DownBlock2D"
-        for level in range(len(unet.channel_mult))
+    return (
+        randomize_weights(diffusers_unet(model_config.unet), seed),
+        randomize_weights(diffusers_vae(model_config.vae), seed + 1),
     )
-    torch.manual_seed(seed)
-    torch_unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=unet.in_channels,
-        out_channels=unet.out_channels,
-        down_block_types=down,
-        up_block_types=tuple(name.replace("Down", "Up") for name in reversed(down)),
-        block_out_channels=tuple(unet.channels * m for m in unet.channel_mult),
-        layers_per_block=unet.num_res_blocks,
-        transformer_layers_per_block=unet.transformer_depth,
-        cross_attention_dim=unet.context_dim,
-        attention_head_dim=unet.num_heads,
-        norm_num_groups=unet.norm_groups,
-    )
-    levels = len(vae.channel_mult)
-    torch_vae = TorchAutoencoderKL(
-        in_channels=vae.in_channels,
-        out_channels=vae.out_channels,
-        latent_channels=vae.z_channels,
-        down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=tuple(vae.channels * m for m in vae.channel_mult),
-        layers_per_block=vae.num_res_blocks,
-        norm_num_groups=vae.norm_groups,
-    )
-    return randomize_(torch_unet, seed), randomize_(torch_vae, seed + 1)
 
 
 def test_diffusers_folders_convert_to_matching_params(tmp_path, model_config):
@@ -234,21 +204,19 @@ def test_diffusers_folders_convert_to_matching_params(tmp_path, model_config):
     timesteps = torch.tensor([10, 999])
     image = torch.randn(1, 3, 16, 24, generator=generator)
     with torch.no_grad():
-        expected_noise = torch_unet(sample, timesteps, encoder_hidden_states=context).sample.numpy()
-        expected_image = torch_vae(image, sample_posterior=False).sample.numpy()
+        expected_noise = nhwc(torch_unet(sample, timesteps, encoder_hidden_states=context).sample)
+        expected_image = nhwc(torch_vae(image, sample_posterior=False).sample)
     noise = apply(
         UNet(**model_config.unet),
         None,
         params["unet"],
-        sample.permute(0, 2, 3, 1).numpy(),
+        nhwc(sample),
         timesteps.numpy(),
         context.numpy(),
     )
-    assert relative_error(np.transpose(noise, (0, 3, 1, 2)), expected_noise) <= TOLERANCE
-    reconstruction, _ = apply(
-        AutoencoderKL(**model_config.vae), None, params["vae"], image.permute(0, 2, 3, 1).numpy()
-    )
-    assert relative_error(np.transpose(reconstruction, (0, 3, 1, 2)), expected_image) <= TOLERANCE
+    assert relative_error(noise, expected_noise) <= TOLERANCE
+    reconstruction, _ = apply(AutoencoderKL(**model_config.vae), None, params["vae"], nhwc(image))
+    assert relative_error(reconstruction, expected_image) <= TOLERANCE
 
 
 def test_diffusers_config_mismatch_lists_every_field(tmp_path, capsys, model_config):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
+from references import diffusers_unet, nchw, nhwc, randomize_norms, relative_error
 from upgpt_jax.convert.torch_params import match_torch_keys, torch_to_flax_params
 from upgpt_jax.models.unet import UNet
 
@@ -28,38 +29,9 @@ SINGLE_LEVEL = {**SMALL, "channel_mult": (1,)}  # for gradients, whose compile t
 CONTEXT_LENGTH = 7
 
 
-def diffusers_unet(config: dict) -> UNet2DConditionModel:
-    """The same network in diffusers' terms (attention_head_dim means heads, SD1 convention)."""
-    levels = range(len(config["channel_mult"]))
-    attention = [level in config["attention_levels"] for level in levels]
-    return UNet2DConditionModel(
-        in_channels=config["in_channels"],
-        out_channels=config["out_channels"],
-        block_out_channels=tuple(config["channels"] * m for m in config["channel_mult"]),
-        down_block_types=tuple(
-            "CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention
-        ),
-        up_block_types=tuple(
-            "CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)
-        ),
-        layers_per_block=config["num_res_blocks"],
-        attention_head_dim=config["num_heads"],
-        transformer_layers_per_block=config.get("transformer_depth", 1),
-        cross_attention_dim=config["context_dim"],
-        norm_num_groups=config.get("norm_groups", 32),
-        use_linear_projection=config.get("use_linear_projection", False),
-        act_fn="silu",
-    )
-
-
 def random_torch_unet(config: dict) -> UNet2DConditionModel:
     torch.manual_seed(0)
-    model = diffusers_unet(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim == 1:  # norm scales/biases start at 1/0: make them informative
-                param.add_(0.3 * torch.randn_like(param))
-    return model
+    return randomize_norms(diffusers_unet(config), seed=0)
 
 
 def inputs(config: dict, height: int, width: int):
@@ -72,11 +44,6 @@ def inputs(config: dict, height: int, width: int):
 def converted_params(model: UNet, torch_model: UNet2DConditionModel, sample, timesteps, context):
     expected = jax.eval_shape(model.init, jax.random.key(0), sample, timesteps, context)
     return torch_to_flax_params(torch_model.state_dict(), expected, source="diffusers UNet")
-
-
-def relative_error(ours, reference) -> float:
-    ours, reference = np.asarray(ours, np.float32), np.asarray(reference, np.float32)
-    return float(np.max(np.abs(ours - reference)) / np.max(np.abs(reference)))
 
 
 @pytest.mark.parametrize(
@@ -96,11 +63,11 @@ def test_matches_diffusers(overrides, height, width):
     torch_model = random_torch_unet(config)
     sample, timesteps, context = inputs(config, height, width)
     with torch.no_grad():
-        reference = torch_model(
-            torch.from_numpy(sample).permute(0, 3, 1, 2),
-            torch.from_numpy(timesteps),
-            encoder_hidden_states=torch.from_numpy(context),
-        ).sample.permute(0, 2, 3, 1).numpy()
+        reference = nhwc(
+            torch_model(
+                nchw(sample), torch.from_numpy(timesteps), encoder_hidden_states=torch.from_numpy(context)
+            ).sample
+        )
     model = UNet(**config)
     params = converted_params(model, torch_model, sample, timesteps, context)
     ours = jax.jit(model.apply)(params, sample, timesteps, context)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from references import KL_F8_VAE, diffusers_vae
 from upgpt_jax.config_base import DEFAULT_AXIS_RULES
 from upgpt_jax.diffusion import NoiseSchedule, eps_loss
 from upgpt_jax.models.upgpt import build_model, example_inputs, init_params
@@ -25,9 +26,7 @@ def test_released_config_sizes_without_allocating():
     params = nn.unbox(shapes)["params"]
     assert round(_count(params["unet"]) / 1e6, 1) == 425.3
     with torch.device("meta"):
-        reference_vae = diffusers.AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+        reference_vae = diffusers_vae(KL_F8_VAE)
     assert _count(params["vae"]) == sum(p.numel() for p in reference_vae.parameters())
     fusion = params["fusion"]
     assert fusion["pose_proj"]["kernel"].shape == (85, 768)

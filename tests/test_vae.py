@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL as TorchAutoencoderKL
 
+from references import KL_F8_VAE, diffusers_vae, nchw, nhwc, randomize_norms, relative_error
 from upgpt_jax.convert.torch_params import match_torch_keys, torch_to_flax_params
 from upgpt_jax.models.vae import AutoencoderKL
 
@@ -18,42 +18,10 @@ TINY = dict(
 HEIGHT, WIDTH = 64, 48
 
 
-def diffusers_vae(config: dict) -> TorchAutoencoderKL:
-    levels = len(config["channel_mult"])
-    return TorchAutoencoderKL(
-        in_channels=config["in_channels"],
-        out_channels=config["out_channels"],
-        down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=tuple(config["channels"] * m for m in config["channel_mult"]),
-        layers_per_block=config["num_res_blocks"],
-        latent_channels=config["z_channels"],
-        norm_num_groups=config["norm_groups"],
-        act_fn="silu",
-    )
-
-
-def relative_error(ours, reference) -> float:
-    ours, reference = np.asarray(ours, np.float32), np.asarray(reference, np.float32)
-    return float(np.max(np.abs(ours - reference)) / np.max(np.abs(reference)))
-
-
-def nchw(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
-
-
-def nhwc(x: torch.Tensor) -> np.ndarray:
-    return x.permute(0, 2, 3, 1).numpy()
-
-
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
-    torch_model = diffusers_vae(TINY).eval()
-    with torch.no_grad():
-        for param in torch_model.parameters():
-            if param.ndim == 1:  # norm scales/biases start at 1/0: make them informative
-                param.add_(0.3 * torch.randn_like(param))
+    torch_model = randomize_norms(diffusers_vae(TINY), seed=0)
     model = AutoencoderKL(**TINY)
     image = np.zeros((1, HEIGHT, WIDTH, 3), np.float32)
     expected = jax.eval_shape(model.init, jax.random.key(0), image)
@@ -123,11 +91,10 @@ def test_every_parameter_has_distinct_logical_axis_names():
 
 def test_released_config_is_laid_out_as_diffusers():
     """kl-f8 (channels 128, mult (1, 2, 4, 4)): every diffusers key and shape maps onto ours."""
-    released = dict(TINY, channels=128, channel_mult=(1, 2, 4, 4), norm_groups=32)
     image = np.zeros((1, 256, 176, 3), np.float32)
-    shapes = jax.eval_shape(AutoencoderKL(**released).init, jax.random.key(0), image)
+    shapes = jax.eval_shape(AutoencoderKL(**KL_F8_VAE).init, jax.random.key(0), image)
     with torch.device("meta"):
-        reference = diffusers_vae(released)
+        reference = diffusers_vae(KL_F8_VAE)
     torch_shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     assert len(match_torch_keys(torch_shapes, shapes, source="meta VAE")) == len(torch_shapes)
     count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nn.unbox(shapes)))
