@@ -10,7 +10,8 @@ from upgpt_jax.data.schema import check_record
 
 
 def test_prepare_synthetic_people(tmp_path, capsys):
-    data_path = main(["--dataset", "synthetic_people", "--data_dir", str(tmp_path), "--num_examples", "3"])
+    data_path = main(["--dataset", "synthetic_people", "--data_dir", str(tmp_path), "--num_examples", "3",
+                      "--workers", "1"])
     assert "train: 3 examples" in capsys.readouterr().out
     source = tfds.builder_from_directory(data_path).as_data_source("train")
     assert len(source) == 3
@@ -33,6 +34,8 @@ def test_prepare_deepfashion_skip_bad_reports(tmp_path, capsys):
     (["--dataset", "deepfashion_upgpt"], "needs --manual_dir"),
     (["--dataset", "deepfashion_upgpt", "--manual_dir", "/nonexistent/dir"], "not a directory"),
     (["--dataset", "synthetic_people", "--num_examples", "0"], "must be >= 1"),
+    (["--dataset", "synthetic_people", "--workers", "0"], "--workers must be >= 1"),
+    (["--dataset", "deepfashion_upgpt", "--manual_dir", ".", "--workers", "2"], "synthetic_people only"),
     (["--dataset", "synthetic_people", "--skip_bad"], "deepfashion_upgpt only"),
     (["--dataset", "synthetic_people", "--image_size", "32x32"], "invalid choice"),
 ])

@@ -14,7 +14,7 @@ from deepfashion_fixture import TRAIN_ROWS, make_manual_dir, sample_paths
 from upgpt_jax.config_base import STYLE_PARTS
 from upgpt_jax.data.records import BadExampleError, identity_of, style_dirs
 from upgpt_jax.data.schema import check_record
-from upgpt_jax.data.synthetic import identity_split
+from upgpt_jax.data.synthetic import identity_split, split_identity_ids
 from upgpt_jax.smpl.frankmocap import load_smpl_vector
 
 
@@ -31,7 +31,7 @@ def _build_deepfashion(manual_dir, data_dir, **kwargs):
 
 @pytest.mark.parametrize("config, image_size, style_size", [("64x48", (64, 48), 32), ("256x192", (256, 192), 224)])
 def test_synthetic_people_records_and_identity_split(tmp_path, config, image_size, style_size):
-    builder = SyntheticPeople(data_dir=tmp_path, config=config, num_examples=12)
+    builder = SyntheticPeople(data_dir=tmp_path, config=config, num_examples=12, workers=1)
     builder.download_and_prepare()
     assert builder.info.file_format.value == "array_record"
     for split, expected in (("train", 12), ("test", 1)):
@@ -45,6 +45,23 @@ def test_synthetic_people_records_and_identity_split(tmp_path, config, image_siz
     assert "tensorflow" not in sys.modules  # built and read without TensorFlow
     by_name = tfds.data_source(f"synthetic_people/{config}", data_dir=tmp_path, split="train", download=False)
     assert len(by_name) == 12
+
+
+def test_synthetic_people_is_the_same_whatever_the_worker_count(tmp_path):
+    # Compared decoded: TFDS's serialised bytes differ between processes (not record contents).
+    splits = []
+    for workers in (1, 2):  # 40 train pairs: two chunks, so two worker processes share the split
+        builder = SyntheticPeople(data_dir=tmp_path / f"workers{workers}", num_examples=40, workers=workers)
+        builder.download_and_prepare()
+        splits.append({split: _read_all(builder.data_path, split) for split in ("train", "test")})
+    for split in ("train", "test"):
+        assert len(splits[0][split]) == len(splits[1][split]) == {"train": 40, "test": 4}[split]
+        for serial, parallel in zip(splits[0][split], splits[1][split]):
+            assert serial.keys() == parallel.keys()
+            for name in serial:
+                np.testing.assert_array_equal(serial[name], parallel[name], err_msg=f"{split} {name}")
+    num_ids = len(split_identity_ids("train"))  # pair k < num_ids draws examples k and num_ids + k
+    assert {record["id"].decode() for record in splits[1]["train"]} == {f"train/{k}->{num_ids + k}" for k in range(40)}
 
 
 def test_deepfashion_records_match_the_files(tmp_path):

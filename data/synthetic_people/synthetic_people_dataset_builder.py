@@ -12,30 +12,50 @@ No TensorFlow is needed to build or read (ArrayRecord, PNG-encoded images, numpy
 """
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any, Iterator
 
 import tensorflow_datasets as tfds
 
-from upgpt_jax.data.records import RecordBuilder, record_from_pair
+from upgpt_jax.data.records import RecordBuilder, encode_record, record_from_pair
 from upgpt_jax.data.synthetic import make_example, split_identity_ids
-from upgpt_jax.data.synthetic.generate import DEFAULT_NUM_IDENTITIES
+from upgpt_jax.data.synthetic.generate import DEFAULT_NUM_IDENTITIES, map_in_chunks
 
 DEFAULT_NUM_EXAMPLES = 10_000  # train pairs; test gets a tenth
+
+
+def pair_example(pair_index: int, split: str, image_size: tuple[int, int], style_size: int,
+                 seed: int) -> tuple[str, dict[str, Any]]:
+    """(key, PNG-encoded record) of pair ``pair_index`` of ``split``; runs in the build's workers."""
+    num_ids = len(split_identity_ids(split, DEFAULT_NUM_IDENTITIES))
+    first = 2 * num_ids * (pair_index // num_ids) + pair_index % num_ids
+    pair = {"source": make_example(first, split, image_size, style_size, seed),
+            "target": make_example(first + num_ids, split, image_size, style_size, seed, with_styles=False)}
+    pair_id = f"{split}/{first}->{first + num_ids}"
+    return pair_id, encode_record(record_from_pair(pair, pair_id), image_size, style_size,
+                                  f"synthetic_people {pair_id}")
 
 
 class SyntheticPeople(RecordBuilder):
     """Synthetic pose-transfer pairs of procedural clothed mannequins (train/test by identity).
 
     Args (besides TFDS's ``data_dir``, ``config``...): ``num_examples`` train pairs (test gets
-    ``max(1, num_examples // 10)``); ``seed`` of the identities and poses. Changing them does
-    not change the output directory: prepare into a fresh ``data_dir``.
+    ``max(1, num_examples // 10)``); ``seed`` of the identities and poses; ``workers``, the
+    processes that render and PNG-encode (default: all cores; the records are identical
+    whatever the count). Changing ``num_examples`` or ``seed`` does not change the output
+    directory: prepare into a fresh ``data_dir``.
     """
 
-    def __init__(self, *, num_examples: int = DEFAULT_NUM_EXAMPLES, seed: int = 0, **kwargs: Any):
+    def __init__(self, *, num_examples: int = DEFAULT_NUM_EXAMPLES, seed: int = 0, workers: int | None = None,
+                 **kwargs: Any):
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.num_examples = num_examples
         self.seed = seed
+        self.workers = workers or os.cpu_count() or 1
         super().__init__(**kwargs)
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
@@ -44,10 +64,6 @@ class SyntheticPeople(RecordBuilder):
 
     def _generate_examples(self, split: str, num_pairs: int) -> Iterator[tuple[str, dict[str, Any]]]:
         config = self.builder_config
-        num_ids = len(split_identity_ids(split, DEFAULT_NUM_IDENTITIES))
-        for k in range(num_pairs):
-            first = 2 * num_ids * (k // num_ids) + k % num_ids
-            pair = {role: make_example(index, split, config.image_size, config.style_size, self.seed)
-                    for role, index in (("source", first), ("target", first + num_ids))}
-            pair_id = f"{split}/{first}->{first + num_ids}"
-            yield pair_id, self._encode(record_from_pair(pair, pair_id), f"synthetic_people {pair_id}")
+        example = functools.partial(pair_example, split=split, image_size=config.image_size,
+                                    style_size=config.style_size, seed=self.seed)
+        yield from map_in_chunks(example, range(num_pairs), self.workers, chunk_size=32)

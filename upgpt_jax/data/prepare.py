@@ -1,6 +1,6 @@
 """Prepare a TFDS dataset of upgpt-jax on disk (ArrayRecord; read back without TensorFlow).
 
-    python -m upgpt_jax.data.prepare --dataset synthetic_people --data_dir DIR [--num_examples N]
+    python -m upgpt_jax.data.prepare --dataset synthetic_people --data_dir DIR [--num_examples N] [--workers N]
     python -m upgpt_jax.data.prepare --dataset deepfashion_upgpt --data_dir DIR --manual_dir DF [--skip_bad]
 
 ``--image_size`` picks the config (64x48 with 32-pixel style crops, or 256x192 with 224).
@@ -29,6 +29,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--manual_dir", help="deepfashion_upgpt: the folder with img_256/, smpl_256/, styles/, "
                                              "captions.json and the pair CSVs")
     parser.add_argument("--num_examples", type=int, help="synthetic_people: train pairs (test gets a tenth)")
+    parser.add_argument("--workers", type=int, help="synthetic_people: rendering processes (default: all cores)")
     parser.add_argument("--image_size", default="64x48", choices=[config.name for config in RECORD_CONFIGS])
     parser.add_argument("--train_pairs", default="pairs-train-all.csv", help="deepfashion_upgpt: train pair CSV")
     parser.add_argument("--test_pairs", default="pairs-test-all.csv", help="deepfashion_upgpt: test pair CSV")
@@ -42,10 +43,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--manual_dir {args.manual_dir}: not a directory")
         if args.num_examples is not None:
             parser.error("--num_examples applies to synthetic_people only (DeepFashion pairs come from the CSVs)")
+        if args.workers is not None:
+            parser.error("--workers applies to synthetic_people only")
     elif args.manual_dir or args.skip_bad:
         parser.error("--manual_dir and --skip_bad apply to deepfashion_upgpt only")
-    if args.num_examples is not None and args.num_examples < 1:
-        parser.error(f"--num_examples must be >= 1, got {args.num_examples}")
+    for flag in ("num_examples", "workers"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     return args
 
 
@@ -60,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         from data.synthetic_people import SyntheticPeople
 
         extra = {} if args.num_examples is None else {"num_examples": args.num_examples}
-        builder = SyntheticPeople(data_dir=args.data_dir, config=args.image_size, **extra)
+        builder = SyntheticPeople(data_dir=args.data_dir, config=args.image_size, workers=args.workers, **extra)
         prepare_kwargs = {}
     else:
         from data.deepfashion_upgpt import DeepfashionUpgpt

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
-from typing import Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ SPLITS = ("train", "test")
 TEST_EVERY = 10
 DEFAULT_NUM_IDENTITIES = 1000
 IDENTITY_STREAM, POSE_STREAM, PAIR_STREAM = 1, 2, 3
+T = TypeVar("T")
 
 
 def identity_split(identity_id: int) -> str:
@@ -53,38 +54,43 @@ def identity_from_id(identity_id: int, seed: int = 0) -> Identity:
 
 
 def render_example(identity: Identity, identity_id: int, smpl: np.ndarray, image_size: tuple[int, int] = (64, 48),
-                   style_size: int = 32, supersample: int = 1) -> dict[str, np.ndarray]:
-    """One example dict for ``identity`` in pose ``smpl`` (see :func:`make_example` for the keys)."""
+                   style_size: int = 32, supersample: int = 1, with_styles: bool = True) -> dict[str, np.ndarray]:
+    """One example dict for ``identity`` in pose ``smpl`` (see :func:`make_example` for the keys).
+
+    ``with_styles=False`` leaves out ``styles`` and ``style_present``: a pair's target needs no
+    crops, and cutting them saves about a quarter of an example's cost.
+    """
     raster = render_raster(identity, smpl, image_size, supersample)
     image, mask = downsample(raster, supersample)
-    styles, style_present = style_crops(raster, identity.background, style_size)
-    return {
+    example = {
         "image": image,
         "mask": mask,
         "smpl": np.asarray(smpl, np.float32),
         "text": describe(identity),
-        "styles": styles,
-        "style_present": style_present,
         "identity": np.int64(identity_id),
     }
+    if with_styles:
+        example["styles"], example["style_present"] = style_crops(raster, identity.background, style_size)
+    return example
 
 
 def make_example(index: int, split: str = "train", image_size: tuple[int, int] = (64, 48), style_size: int = 32,
                  seed: int = 0, num_identities: int = DEFAULT_NUM_IDENTITIES, supersample: int = 1,
-                 prior: PosePrior | None = None) -> dict[str, np.ndarray]:
+                 prior: PosePrior | None = None, with_styles: bool = True) -> dict[str, np.ndarray]:
     """Example ``index`` of ``split``: a fully deterministic function of its arguments.
 
     Keys: ``image`` uint8 (H, W, 3); ``mask`` bool (H, W), the pixels the person covers;
     ``smpl`` float32 (85,), the pose, betas and camera that drew it; ``text`` str;
     ``styles`` uint8 (9, S, S, 3) and ``style_present`` bool (9,) in the order of
-    :data:`~upgpt_jax.data.synthetic.mannequin.PARTS`; ``identity`` int64.
+    :data:`~upgpt_jax.data.synthetic.mannequin.PARTS` (unless ``with_styles`` is False);
+    ``identity`` int64.
     """
     ids = split_identity_ids(split, num_identities)
     identity_id = int(ids[index % len(ids)])
     identity = identity_from_id(identity_id, seed)
     rng = np.random.default_rng([seed, POSE_STREAM, SPLITS.index(split), index])
     smpl = sample_pose(rng, prior or default_prior(), identity.betas, image_size)
-    return render_example(identity, identity_id, smpl, image_size, style_size, supersample)
+    return render_example(identity, identity_id, smpl, image_size, style_size, supersample, with_styles)
 
 
 def make_pair(identity_id: int, seed: int = 0, image_size: tuple[int, int] = (64, 48), style_size: int = 32,
@@ -99,9 +105,29 @@ def make_pair(identity_id: int, seed: int = 0, image_size: tuple[int, int] = (64
     return {"source": source, "target": target}
 
 
-def _make_chunk(args: tuple) -> list[dict[str, np.ndarray]]:
-    indices, kwargs = args
-    return [make_example(int(index), **kwargs) for index in indices]
+def _apply_to_chunk(task: tuple[Callable[[int], T], list[int]]) -> list[T]:
+    function, indices = task
+    return [function(index) for index in indices]
+
+
+def map_in_chunks(function: Callable[[int], T], indices: Iterable[int], workers: int = 1,
+                  chunk_size: int = 64) -> Iterator[T]:
+    """``function(index)`` for every index, in order, computed in chunks of ``chunk_size``.
+
+    ``workers`` > 1 maps the chunks in that many processes, spawned (not forked) so this is safe
+    beside JAX's threads; a single chunk is not worth a worker's start-up (about a second) and
+    runs here. ``function`` must pickle: a module-level function or a ``functools.partial`` of
+    one. The results do not depend on the worker count.
+    """
+    indices = [int(index) for index in indices]
+    chunks = [(function, indices[i:i + chunk_size]) for i in range(0, len(indices), chunk_size)]
+    if workers <= 1 or len(chunks) <= 1:
+        for chunk in chunks:
+            yield from _apply_to_chunk(chunk)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for results in pool.imap(_apply_to_chunk, chunks):
+            yield from results
 
 
 def generate(num_examples: int, split: str = "train", image_size: tuple[int, int] = (64, 48), style_size: int = 32,
@@ -109,17 +135,9 @@ def generate(num_examples: int, split: str = "train", image_size: tuple[int, int
              workers: int = 1, chunk_size: int = 64) -> Iterator[dict[str, np.ndarray]]:
     """Examples ``start .. start + num_examples - 1`` of ``split``, in order.
 
-    ``workers`` > 1 renders chunks in that many processes (spawned, so safe beside JAX);
-    the output is identical whatever the worker count.
+    ``workers`` > 1 renders chunks in that many processes (see :func:`map_in_chunks`); the
+    output is identical whatever the worker count.
     """
-    kwargs = dict(split=split, image_size=image_size, style_size=style_size, seed=seed,
-                  num_identities=num_identities, supersample=supersample)
-    indices = np.arange(start, start + num_examples)
-    chunks = [(indices[i:i + chunk_size], kwargs) for i in range(0, num_examples, chunk_size)]
-    if workers <= 1:
-        for chunk in chunks:
-            yield from _make_chunk(chunk)
-        return
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        for examples in pool.imap(_make_chunk, chunks):
-            yield from examples
+    example = functools.partial(make_example, split=split, image_size=image_size, style_size=style_size, seed=seed,
+                                num_identities=num_identities, supersample=supersample)
+    yield from map_in_chunks(example, range(start, start + num_examples), workers, chunk_size)
