@@ -1,7 +1,6 @@
 """The multimodal fusion block: concat mode by hand, learned mode against PyTorch's transformer."""
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch

@@ -121,6 +121,33 @@ def released_config() -> ml_collections.ConfigDict:
         grad_clip_norm=1.0,
     ))
 
+    # The training loop (upgpt_jax.train). Steps count optimizer calls (micro-batches with
+    # grad_accum_steps > 1); `batch_size` is the global batch of one step.
+    c.train = ml_collections.ConfigDict(dict(
+        batch_size=8,
+        num_steps=100_000,
+        log_every=50,
+        checkpoint_every=1_000,
+        keep_checkpoints=3,
+        ema_decay=0.9999,
+        # Per-example probability of replacing each condition by its null embedding, so that
+        # sampling can use classifier-free guidance per modality.
+        cond_dropout=ml_collections.ConfigDict(dict(text=0.1, style=0.1, pose=0.1)),
+        grad_accum_steps=1,
+        max_consecutive_nan=5,  # Stop after this many non-finite losses in a row.
+        seed=0,  # Data order, noise, timesteps and dropout; `config.seed` initialises the model.
+    ))
+
+    # Training data. An empty `data_dir` renders `num_examples` synthetic_people pairs in memory
+    # (the same records `python -m upgpt_jax.data.prepare` would store), so the default run needs
+    # no preparation; otherwise `dataset` is read from a prepared TFDS `data_dir`.
+    c.data = ml_collections.ConfigDict(dict(
+        dataset="synthetic_people",
+        data_dir="",
+        num_examples=10_000,
+        original_mask_quirk=False,  # True for fine-tuning the released weights (see data.transforms).
+    ))
+
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.axis_rules = DEFAULT_AXIS_RULES
     c.seed = 0

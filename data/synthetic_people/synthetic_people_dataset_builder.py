@@ -18,9 +18,8 @@ from typing import Any, Iterator
 
 import tensorflow_datasets as tfds
 
-from upgpt_jax.data.records import RecordBuilder, encode_record, record_from_pair
-from upgpt_jax.data.synthetic import make_example, split_identity_ids
-from upgpt_jax.data.synthetic.generate import DEFAULT_NUM_IDENTITIES, map_in_chunks
+from upgpt_jax.data.records import RecordBuilder, encode_record, synthetic_pair_record
+from upgpt_jax.data.synthetic.generate import map_in_chunks
 
 DEFAULT_NUM_EXAMPLES = 10_000  # train pairs; test gets a tenth
 
@@ -28,13 +27,8 @@ DEFAULT_NUM_EXAMPLES = 10_000  # train pairs; test gets a tenth
 def pair_example(pair_index: int, split: str, image_size: tuple[int, int], style_size: int,
                  seed: int) -> tuple[str, dict[str, Any]]:
     """(key, PNG-encoded record) of pair ``pair_index`` of ``split``; runs in the build's workers."""
-    num_ids = len(split_identity_ids(split, DEFAULT_NUM_IDENTITIES))
-    first = 2 * num_ids * (pair_index // num_ids) + pair_index % num_ids
-    pair = {"source": make_example(first, split, image_size, style_size, seed),
-            "target": make_example(first + num_ids, split, image_size, style_size, seed, with_styles=False)}
-    pair_id = f"{split}/{first}->{first + num_ids}"
-    return pair_id, encode_record(record_from_pair(pair, pair_id), image_size, style_size,
-                                  f"synthetic_people {pair_id}")
+    pair_id, record = synthetic_pair_record(pair_index, split, image_size, style_size, seed)
+    return pair_id, encode_record(record, image_size, style_size, f"synthetic_people {pair_id}")
 
 
 class SyntheticPeople(RecordBuilder):

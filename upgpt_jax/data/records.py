@@ -146,6 +146,24 @@ def record_from_pair(pair: Mapping[str, Mapping[str, Any]], pair_id: str) -> dic
 # --- DeepFashion, in the original's layout (ldm/data/deepfashion_inshop.py) ---------------------
 
 
+def synthetic_pair_record(pair_index: int, split: str, image_size: tuple[int, int], style_size: int,
+                          seed: int = 0) -> tuple[str, dict[str, Any]]:
+    """(pair id, record) of `synthetic_people` pair `pair_index` of `split`.
+
+    Pair k takes the split's identity j = k % n (n identities) drawn in examples 2 n m + j (source)
+    and 2 n m + n + j (target), m = k // n: every example is drawn once and identities recur in new
+    poses. The TFDS builder stores exactly these records; training renders them in memory.
+    """
+    from upgpt_jax.data.synthetic import make_example, split_identity_ids  # the renderer, only when used
+
+    num_ids = len(split_identity_ids(split))
+    first = 2 * num_ids * (pair_index // num_ids) + pair_index % num_ids
+    pair = {"source": make_example(first, split, image_size, style_size, seed),
+            "target": make_example(first + num_ids, split, image_size, style_size, seed, with_styles=False)}
+    pair_id = f"{split}/{first}->{first + num_ids}"
+    return pair_id, record_from_pair(pair, pair_id)
+
+
 def _open_rgb(path: Path, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
     """An image file as uint8 (H, W, 3) resized to ``size`` = (H, W); errors name the file."""
     try:

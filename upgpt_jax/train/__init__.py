@@ -1,0 +1,1 @@
+"""Training: optimizer, sharded state, jitted step, checkpoints and the loop (see trainer.train)."""

@@ -1,0 +1,60 @@
+"""The diffusion stage's input: records (synthetic in memory, or a prepared TFDS folder) -> pipeline."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import ml_collections
+
+from upgpt_jax.data.pipeline import InputPipeline
+from upgpt_jax.data.records import synthetic_pair_record
+from upgpt_jax.data.transforms import pixel_transform_from_config
+from upgpt_jax.tokenizer import load_clip_tokenizer
+
+
+class SyntheticPairs:
+    """The `synthetic_people` train records rendered on demand (and memoised), no files needed.
+
+    Record k is the one the TFDS builder (data/synthetic_people) stores as record k
+    (`upgpt_jax.data.records.synthetic_pair_record`).
+    """
+
+    def __init__(self, num_examples: int, image_size: tuple[int, int], style_size: int, seed: int = 0):
+        if num_examples < 1:
+            raise ValueError(f"data.num_examples must be >= 1, got {num_examples}")
+        self.num_examples = num_examples
+        self.image_size = tuple(image_size)
+        self.style_size = style_size
+        self.seed = seed
+        self._record = functools.lru_cache(maxsize=num_examples)(self._render)
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.num_examples:
+            raise IndexError(f"record {index} is outside the {self.num_examples} synthetic examples")
+        return self._record(index)
+
+    def _render(self, index: int) -> dict[str, Any]:
+        return synthetic_pair_record(index, "train", self.image_size, self.style_size, self.seed)[1]
+
+
+def training_source(data_config: ml_collections.ConfigDict, model_config: ml_collections.ConfigDict) -> Any:
+    """The random-access train split named by `data_config` (see config_base: `data`)."""
+    if not data_config.data_dir:
+        if data_config.dataset != "synthetic_people":
+            raise ValueError(f"data.data_dir is empty, which only works for dataset 'synthetic_people' (rendered "
+                             f"in memory); dataset {data_config.dataset!r} needs a prepared data_dir")
+        return SyntheticPairs(data_config.num_examples, model_config.image_size, model_config.clip.image_size)
+    import tensorflow_datasets as tfds  # only needed for prepared datasets
+
+    return tfds.data_source(data_config.dataset, data_dir=data_config.data_dir, split="train", download=False)
+
+
+def training_pipeline(config: ml_collections.ConfigDict) -> InputPipeline:
+    """This host's pixel batches (image, person_mask, text_ids, styles, style_present, pose)."""
+    transform = pixel_transform_from_config(config.model, load_clip_tokenizer(),
+                                            original_mask_quirk=config.data.original_mask_quirk)
+    return InputPipeline(training_source(config.data, config.model), config.train.batch_size, transform,
+                         seed=config.train.seed)

@@ -1,0 +1,65 @@
+"""The optimizer of the diffusion stage: AdamW after a linear warm-up, with clipping and EMA.
+
+As the original (LDM's `configure_optimizers` with a LambdaLR warm-up): AdamW with weight decay
+0.01 and a constant learning rate after `warmup_steps` of linear warm-up; gradients are clipped
+by their global norm first. `grad_accum_steps` > 1 wraps it in `optax.MultiSteps`, which
+averages that many micro-batch gradients before one update (the schedule then counts updates).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(optim_config: ml_collections.ConfigDict) -> optax.Schedule:
+    """lr * min(1, (count + 1) / warmup_steps): the first update already gets a non-zero rate."""
+    peak, warmup = float(optim_config.learning_rate), int(optim_config.warmup_steps)
+
+    def schedule(count: jax.Array) -> jax.Array:
+        if warmup <= 0:
+            return jnp.asarray(peak, jnp.float32)
+        return peak * jnp.minimum(1.0, (count + 1.0) / warmup)
+
+    return schedule
+
+
+def make_optimizer(optim_config: ml_collections.ConfigDict, grad_accum_steps: int = 1) -> optax.GradientTransformation:
+    """Global-norm clipping -> AdamW on the schedule above (-> MultiSteps when accumulating)."""
+    if optim_config.name != "adamw":
+        raise ValueError(f"optim.name must be 'adamw', got {optim_config.name!r}")
+    if grad_accum_steps < 1:
+        raise ValueError(f"train.grad_accum_steps must be >= 1, got {grad_accum_steps}")
+    transforms = []
+    if optim_config.grad_clip_norm:
+        transforms.append(optax.clip_by_global_norm(float(optim_config.grad_clip_norm)))
+    transforms.append(optax.adamw(
+        learning_rate_schedule(optim_config), b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps,
+        weight_decay=optim_config.weight_decay,
+    ))
+    optimizer = optax.chain(*transforms)
+    if grad_accum_steps > 1:
+        optimizer = optax.MultiSteps(optimizer, every_k_schedule=grad_accum_steps)
+    return optimizer
+
+
+def current_learning_rate(optim_config: ml_collections.ConfigDict, opt_state: Any,
+                          grad_accum_steps: int = 1) -> jax.Array:
+    """The rate the next update will use, read from the AdamW state's update count."""
+    if grad_accum_steps > 1:
+        opt_state = opt_state.inner_opt_state
+    counts = [state.count for state in jax.tree.leaves(opt_state, is_leaf=_is_adam_state)
+              if isinstance(state, optax.ScaleByAdamState)]
+    return learning_rate_schedule(optim_config)(counts[0])
+
+
+def ema_update(ema_params: Any, params: Any, decay: float) -> Any:
+    """ema <- decay * ema + (1 - decay) * params, leaf by leaf in float32."""
+    return jax.tree.map(lambda ema, new: ema + (1.0 - decay) * (new.astype(ema.dtype) - ema), ema_params, params)
+
+
+def _is_adam_state(node: Any) -> bool:
+    return isinstance(node, optax.ScaleByAdamState)

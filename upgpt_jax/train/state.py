@@ -1,0 +1,101 @@
+"""The training state and its sharded initialisation.
+
+The state holds what a resumed run needs to continue bit for bit: the step, the trainable
+params (UNet + fusion) in float32, their optimizer state and EMA, the frozen VAE params (never
+updated, kept so that a checkpoint alone can decode samples), the RNG and the count of skipped
+(non-finite) steps. Its shardings come from the modules' logical axis names and the config's
+axis rules, so params, EMA and optimizer moments are sharded alike (FSDP when the rules map
+axes to "fsdp").
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from upgpt_jax.models.upgpt import UPGPT, example_inputs
+
+TRAINABLE = ("unet", "fusion")
+FROZEN = ("vae",)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32: train steps taken (skipped ones included)
+    params: Any  # {"unet", "fusion"}, float32 master weights
+    opt_state: Any
+    ema_params: Any
+    frozen_params: Any  # {"vae"}
+    rng: jax.Array  # uint32[2] raw key (checkpointable as a plain array)
+    skipped: jax.Array  # int32: steps whose update was skipped for a non-finite loss or gradient
+
+
+def _init_boxed(model: UPGPT, model_config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
+                seed: int, train_seed: int) -> TrainState:
+    """The initial state with params still boxed in their logical axis names (optax and the EMA
+    copy map through the boxes, so the optimizer moments carry the same names)."""
+    # "unsafe_rbg" for the init draws: threefry doubles the compile time (see models.upgpt.init_params).
+    variables = model.init(jax.random.key(seed, impl="unsafe_rbg"), **example_inputs(model_config))["params"]
+    params = {name: variables[name] for name in TRAINABLE}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        ema_params=jax.tree.map(jnp.copy, params),
+        frozen_params={name: variables[name] for name in FROZEN},
+        rng=jax.random.PRNGKey(train_seed),
+        skipped=jnp.zeros((), jnp.int32),
+    )
+
+
+def state_shardings(abstract_boxed_state: TrainState, mesh: Mesh, axis_rules: Any) -> TrainState:
+    """NamedShardings of every state leaf: logical specs (unnamed leaves replicated) -> mesh axes.
+
+    A dimension the rules shard but whose size the mesh axes do not divide (e.g. the VAE's 3 RGB
+    output channels over fsdp=4) is replicated instead.
+    """
+    logical_specs = nn.get_partition_spec(abstract_boxed_state)
+    shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, tuple(map(tuple, axis_rules)))
+    return jax.tree.map(_divisible, shardings, nn.unbox(abstract_boxed_state))
+
+
+def _divisible(sharding: NamedSharding, leaf: jax.ShapeDtypeStruct) -> NamedSharding:
+    spec = []
+    for size, axes in zip(leaf.shape, tuple(sharding.spec) + (None,) * (len(leaf.shape) - len(sharding.spec))):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        shards = int(np.prod([sharding.mesh.shape[name] for name in names]))
+        spec.append(axes if size % shards == 0 else None)
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec))
+
+
+def abstract_state(model: UPGPT, config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
+                   mesh: Mesh) -> tuple[TrainState, TrainState]:
+    """(shapes of the unboxed state, its shardings) without computing anything."""
+    boxed = jax.eval_shape(lambda: _init_boxed(model, config.model, optimizer, config.seed, config.train.seed))
+    return nn.unbox(boxed), state_shardings(boxed, mesh, config.axis_rules)
+
+
+def make_init_fn(model: UPGPT, config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
+                 shardings: TrainState) -> Callable[[], TrainState]:
+    """`init() -> TrainState`, jitted to create the state directly in its shards (nothing is
+    materialised whole on one device)."""
+    return jax.jit(lambda: nn.unbox(_init_boxed(model, config.model, optimizer, config.seed, config.train.seed)),
+                   out_shardings=shardings)
+
+
+def with_shardings(abstract: TrainState, shardings: TrainState) -> TrainState:
+    """ShapeDtypeStructs that carry their target sharding (what orbax restores onto)."""
+    return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                        abstract, shardings)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())

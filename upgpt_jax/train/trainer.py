@@ -1,0 +1,182 @@
+"""The training loop of the diffusion stage: data -> frozen encoders -> train step -> logs, checkpoints.
+
+Resuming is re-running: the same config and `workdir` restore the newest checkpoint (state and
+data position) and continue to `config.train.num_steps`. On CPU the losses then equal an
+uninterrupted run's. SIGTERM saves a checkpoint at the step reached and returns normally. After
+`max_consecutive_nan` non-finite losses in a row the loop stops without saving, so the newest
+checkpoint is the last good one. Single process (multi-host launch is not wired in yet).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from upgpt_jax.data.pipeline import make_global_batch
+from upgpt_jax.models.clip import clip_from_config
+from upgpt_jax.models.upgpt import build_model
+from upgpt_jax.sharding import make_mesh
+from upgpt_jax.train.checkpointing import Checkpointer, PreemptionSignal
+from upgpt_jax.train.data import training_pipeline
+from upgpt_jax.train.optimizer import make_optimizer
+from upgpt_jax.train.state import TrainState, abstract_state, make_init_fn, replicated, with_shardings
+from upgpt_jax.train.step import TrainStep, make_encode_fn, make_train_step
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: TrainState
+    stop_reason: str  # "done", "preempted" or "diverged"
+    last_checkpoint: int | None
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to DIR/metrics.jsonl (process 0 only)."""
+
+    def __init__(self, workdir: pathlib.Path, resume_step: int):
+        self.path = workdir / METRICS_FILE
+        self.enabled = jax.process_index() == 0
+        if self.enabled and self.path.exists():  # drop lines an interrupted run logged after its checkpoint
+            lines = [line for line in self.path.read_text().splitlines()
+                     if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in lines))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a") as file:
+                file.write(json.dumps(record) + "\n")
+
+
+# Fields that only steer the loop: runs that differ only in them share compiled functions.
+LOOP_FIELDS = ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "max_consecutive_nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    """The model, frozen encoders, mesh and jitted functions of one configuration."""
+
+    mesh: Mesh
+    clip_params: Any
+    optimizer: optax.GradientTransformation
+    abstract: TrainState
+    shardings: TrainState
+    init: Callable[[], TrainState]
+    encode: Callable[..., dict[str, jax.Array]]
+    train_step: TrainStep
+
+
+def compiled_for(config: ml_collections.ConfigDict) -> Compiled:
+    """`Compiled` for `config`, reused by later calls with the same model/optimizer/mesh settings
+    (e.g. a notebook or a test calling `train` repeatedly compiles once)."""
+    key = config.copy_and_resolve_references()
+    with key.unlocked():
+        for field in LOOP_FIELDS:
+            key.train[field] = None
+        key.data = ml_collections.ConfigDict()
+    return _compiled(ml_collections.FrozenConfigDict(key), tuple(jax.devices()))
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(config: ml_collections.FrozenConfigDict, devices: tuple[jax.Device, ...]) -> Compiled:
+    config = ml_collections.ConfigDict(config)
+    mesh = make_mesh(config.mesh, devices)
+    model = build_model(config.model)
+    clip, clip_params = clip_from_config(config.model.clip, seed=config.seed, dtype=jnp.dtype(config.model.dtype))
+    optimizer = make_optimizer(config.optim, config.train.grad_accum_steps)
+    abstract, shardings = abstract_state(model, config, optimizer, mesh)
+    return Compiled(
+        mesh=mesh,
+        clip_params=jax.device_put(clip_params, replicated(mesh)),
+        optimizer=optimizer,
+        abstract=abstract,
+        shardings=shardings,
+        init=make_init_fn(model, config, optimizer, shardings),
+        encode=make_encode_fn(model, clip, mesh),
+        train_step=make_train_step(model, config, optimizer, shardings, mesh),
+    )
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> TrainResult:
+    """Train the diffusion stage described by `config` in `workdir` (created or resumed)."""
+    started = time.perf_counter()
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    train_config = config.train
+    parts = compiled_for(config)
+    mesh = parts.mesh
+
+    checkpointer = Checkpointer(workdir / CHECKPOINT_DIR, train_config.keep_checkpoints)
+    pipeline = training_pipeline(config)
+    last_checkpoint = checkpointer.latest_step()
+    if last_checkpoint is None:
+        state = parts.init()
+    else:
+        state, data_state = checkpointer.restore(last_checkpoint, with_shardings(parts.abstract, parts.shardings))
+        pipeline.set_state(data_state)
+    start_step = int(state.step)
+    metrics_log = MetricsLog(workdir, start_step)
+
+    stop_reason, consecutive_nan = "done", 0
+    window_losses, timed_steps, window_start = [], 0, None
+    progress = tqdm(total=train_config.num_steps, initial=start_step, desc="train", unit="step",
+                    disable=jax.process_index() != 0, dynamic_ncols=True)
+    with PreemptionSignal() as preemption, pipeline:
+        for step in range(start_step + 1, train_config.num_steps + 1):
+            features = parts.encode(state.frozen_params, parts.clip_params, make_global_batch(next(pipeline), mesh))
+            state, metrics = parts.train_step(state, features)
+            metrics = jax.device_get(metrics)
+            if window_start is None:  # img/s is timed from the end of the first (compiling) step
+                window_start = time.perf_counter()
+                tqdm.write(f"first step {step} done {window_start - started:.1f} s after start (set-up, "
+                           f"restore or init, compilation)")
+            else:
+                timed_steps += 1
+            if metrics["finite"]:
+                window_losses.append(float(metrics["loss"]))
+            consecutive_nan = 0 if metrics["finite"] else consecutive_nan + 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{float(metrics['loss']):.4f}", skipped=int(metrics["skipped"]))
+
+            if step % train_config.log_every == 0 or step == train_config.num_steps:
+                now = time.perf_counter()
+                metrics_log.write({
+                    "step": step,
+                    "loss": sum(window_losses) / len(window_losses) if window_losses else None,  # finite ones
+                    "lr": float(metrics["lr"]),
+                    "grad_norm": float(metrics["grad_norm"]),
+                    "skipped": int(metrics["skipped"]),
+                    "img_per_s": timed_steps * train_config.batch_size / (now - window_start) if timed_steps else None,
+                })
+                window_losses, timed_steps, window_start = [], 0, now
+            if consecutive_nan >= train_config.max_consecutive_nan:
+                stop_reason = "diverged"
+                break
+            # Never checkpoint a non-finite step: the newest checkpoint stays the last good one.
+            due = step % train_config.checkpoint_every == 0 or step == train_config.num_steps
+            if (due and metrics["finite"]) or preemption.received:
+                checkpointer.save(step, state, pipeline.get_state(), config)
+                last_checkpoint = step
+            if preemption.received:
+                stop_reason = "preempted"
+                break
+    progress.close()
+    checkpointer.wait()
+    checkpointer.close()
+    if stop_reason == "diverged":
+        tqdm.write(f"stopped: {consecutive_nan} non-finite losses in a row; the last good checkpoint is step "
+                   f"{last_checkpoint} in {workdir / CHECKPOINT_DIR}")
+    return TrainResult(state=state, stop_reason=stop_reason, last_checkpoint=last_checkpoint)
