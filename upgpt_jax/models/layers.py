@@ -82,6 +82,19 @@ def partitioned_conv(
     )
 
 
+def _norm_settings(epsilon: float, name: str | None, dtype: Dtype, param_dtype: Dtype) -> dict:
+    """What every norm here shares: two-pass fp32 statistics and ("norm",)-named scale and bias."""
+    return dict(
+        epsilon=epsilon,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), NORM_AXES),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), NORM_AXES),
+        name=name,
+    )
+
+
 def group_norm(
     epsilon: float,
     num_groups: int = 32,
@@ -95,16 +108,7 @@ def group_norm(
     The two-pass variance (`use_fast_variance=False`) matches PyTorch's numerics on activations
     with a large mean, which the one-pass E[x^2] - E[x]^2 form does not.
     """
-    return nn.GroupNorm(
-        num_groups=num_groups,
-        epsilon=epsilon,
-        use_fast_variance=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), NORM_AXES),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), NORM_AXES),
-        name=name,
-    )
+    return nn.GroupNorm(num_groups=num_groups, **_norm_settings(epsilon, name, dtype, param_dtype))
 
 
 def layer_norm(
@@ -115,15 +119,7 @@ def layer_norm(
     param_dtype: Dtype = jnp.float32,
 ) -> nn.LayerNorm:
     """LayerNorm with PyTorch's default epsilon (1e-5; Flax's is 1e-6) and fp32 statistics."""
-    return nn.LayerNorm(
-        epsilon=epsilon,
-        use_fast_variance=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), NORM_AXES),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), NORM_AXES),
-        name=name,
-    )
+    return nn.LayerNorm(**_norm_settings(epsilon, name, dtype, param_dtype))
 
 
 def multi_head_attention(
