@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# The CI checkout has ../shared beside the project.
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "deepfashion"
+# The three FrankMocap SMPL pickles of the original repository (untrusted input).
+FRANKMOCAP_PICKLES = sorted((SAMPLES / "app_cache" / "pose").glob("pose_*/*.p"))
 TRAIN_ROWS = 3  # pairs in the fixture's train CSV; the test CSV has 2
 
 

@@ -1,12 +1,12 @@
 """The restricted unpickler, the FrankMocap record -> 85-vector, and the .npz tool."""
 
 import os
-import pathlib
 import pickle
 
 import numpy as np
 import pytest
 
+from deepfashion_fixture import FRANKMOCAP_PICKLES
 from upgpt_jax.smpl import (
     axis_angle_to_matrix,
     load_frankmocap_pickle,
@@ -16,11 +16,7 @@ from upgpt_jax.smpl import (
 from upgpt_jax.smpl.__main__ import main as smpl_tool
 from upgpt_jax.smpl.frankmocap import RefusedPickleError, load_restricted_pickle
 
-SAMPLES = sorted(
-    (pathlib.Path(__file__).resolve().parents[2] / "shared/samples/deepfashion/app_cache/pose").glob(
-        "pose_*/*.p"
-    )
-)
+SAMPLES = FRANKMOCAP_PICKLES
 
 
 class _RunsShell:

@@ -1,6 +1,5 @@
 """Forward kinematics against hand-computed joints and scipy, and FrankMocap's camera."""
 
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +7,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from deepfashion_fixture import FRANKMOCAP_PICKLES
 from upgpt_jax.smpl import (
     JOINT_INDEX,
     JOINT_NAMES,
@@ -24,11 +24,7 @@ from upgpt_jax.smpl import (
 )
 from upgpt_jax.smpl.kinematics import MEAN_REST_JOINTS
 
-SAMPLES = sorted(
-    (pathlib.Path(__file__).resolve().parents[2] / "shared/samples/deepfashion/app_cache/pose").glob(
-        "pose_*/*.p"
-    )
-)
+SAMPLES = FRANKMOCAP_PICKLES
 IMAGE_SIZE = (256, 192)  # the samples' images and masks are 192 wide, 256 high
 # FrankMocap's pred_joints_img rows 0-24 are OpenPose joints taken from SMPL joints.
 OPENPOSE_ROW = {

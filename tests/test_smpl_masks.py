@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from deepfashion_fixture import FRANKMOCAP_PICKLES
 from upgpt_jax.smpl import (
     JOINT_NAMES,
     NUM_JOINTS,
@@ -21,11 +22,7 @@ from upgpt_jax.smpl import (
 from upgpt_jax.smpl.kinematics import MEAN_REST_JOINTS
 from upgpt_jax.smpl.masks import mask_from_bbox, mask_from_smpl, mask_from_vertices
 
-SAMPLES = sorted(
-    (pathlib.Path(__file__).resolve().parents[2] / "shared/samples/deepfashion/app_cache/pose").glob(
-        "pose_*/*.p"
-    )
-)
+SAMPLES = FRANKMOCAP_PICKLES
 # Measured IoU of the rasterised FrankMocap body against the samples' parser masks (clothes and
 # hair are not in the SMPL body, and the fit is a few pixels off): 0.842, 0.725, 0.776.
 MIN_SAMPLE_IOU = 0.70
