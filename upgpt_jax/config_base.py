@@ -124,6 +124,7 @@ def released_config() -> ml_collections.ConfigDict:
     # The training loop (upgpt_jax.train). Steps count optimizer calls (micro-batches with
     # grad_accum_steps > 1); `batch_size` is the global batch of one step.
     c.train = ml_collections.ConfigDict(dict(
+        stage="diffusion",  # "diffusion" (UNet + fusion; VAE and CLIP frozen) or "vae" (the autoencoder).
         batch_size=8,
         num_steps=100_000,
         log_every=50,
@@ -136,6 +137,24 @@ def released_config() -> ml_collections.ConfigDict:
         grad_accum_steps=1,
         max_consecutive_nan=5,  # Stop after this many non-finite losses in a row.
         seed=0,  # Data order, noise, timesteps and dropout; `config.seed` initialises the model.
+        # Every `sample_every` steps (0: never) process 0 writes a grid of samples for fixed
+        # validation conditions to DIR/samples/ (and TensorBoard), with the `sampling` settings.
+        sample_every=0,
+        # The VAE stage's loss (LDM's kl-f8 recipe without the discriminator): L1 + kl_weight * KL
+        # + lpips_weight * LPIPS, the last only when `lpips_path` names local LPIPS weights.
+        vae=ml_collections.ConfigDict(dict(kl_weight=1e-6, lpips_weight=1.0, lpips_path="", lpips_net="vgg")),
+    ))
+
+    # Sampling (sample.py, upgpt_jax.pipeline, training sample grids). Guidance scales are per
+    # condition, chained pose -> style -> text; 1.0 everywhere is no guidance (one UNet call per
+    # step), which is what the released code ran.
+    c.sampling = ml_collections.ConfigDict(dict(
+        method="ddim",  # "ddim", "ddpm" or "dpmpp_2m".
+        num_steps=50,
+        eta=0.0,
+        guidance=ml_collections.ConfigDict(dict(pose=1.0, style=1.0, text=1.0)),
+        batch_size=8,
+        seed=0,
     ))
 
     # Training data. An empty `data_dir` renders `num_examples` synthetic_people pairs in memory
@@ -145,6 +164,9 @@ def released_config() -> ml_collections.ConfigDict:
         dataset="synthetic_people",
         data_dir="",
         num_examples=10_000,
+        # A folder written by `python -m upgpt_jax.train.precompute`: the diffusion stage then reads
+        # VAE moments and CLIP embeddings instead of running the frozen encoders at every step.
+        features_dir="",
         original_mask_quirk=False,  # True for fine-tuning the released weights (see data.transforms).
     ))
 
