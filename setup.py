@@ -42,6 +42,8 @@ setup(
             "einops>=0.7",
             "omegaconf>=2.3",
             "smplx==0.1.28",
+            # The independent reader of our TensorFlow-free event files (runs on its TF stub).
+            "tensorboard==2.21.0",
         ],
         # Reading PyTorch .ckpt/.bin weights (safetensors needs no torch).
         "convert": ["torch==2.13.0"],
