@@ -164,7 +164,7 @@ def synthetic_pair_record(pair_index: int, split: str, image_size: tuple[int, in
     return pair_id, record_from_pair(pair, pair_id)
 
 
-def _open_rgb(path: Path, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+def open_rgb(path: Path, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
     """An image file as uint8 (H, W, 3) resized to ``size`` = (H, W); errors name the file."""
     try:
         with Image.open(path) as image:
@@ -176,7 +176,7 @@ def _open_rgb(path: Path, size: tuple[int, int], resample: Image.Resampling) -> 
         raise BadExampleError(f"{path}: cannot read image ({error})") from error
 
 
-def _open_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
+def open_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     try:
         with Image.open(path) as image:
             mask = np.asarray(image.convert("L") if image.mode not in ("L", "P", "1") else image)
@@ -205,14 +205,18 @@ def style_dirs(manual_dir: Path, path: str) -> tuple[Path, Path]:
 
 def load_styles(manual_dir: Path, path: str, style_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(9, S, S, 3) uint8 crops and (9,) bool presence; a missing part is black and absent."""
-    folder = next((d for d in style_dirs(manual_dir, path) if d.is_dir()), None)
+    return load_style_folder(next((d for d in style_dirs(manual_dir, path) if d.is_dir()), None), style_size)
+
+
+def load_style_folder(folder: Path | None, style_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The crops ``<part>.jpg`` of one style folder (the original's names), as `load_styles`."""
     styles = np.zeros((len(STYLE_PARTS), style_size, style_size, 3), np.uint8)
     present = np.zeros(len(STYLE_PARTS), np.bool_)
     for index, part in enumerate(STYLE_PARTS):
         files = [folder / f"{name}.jpg" for name in _STYLE_FILE_NAMES[part]] if folder else []
         found = next((f for f in files if f.is_file()), None)
         if found is not None:
-            styles[index] = _open_rgb(found, (style_size, style_size), Image.Resampling.BICUBIC)
+            styles[index] = open_rgb(found, (style_size, style_size), Image.Resampling.BICUBIC)
             present[index] = True
     return styles, present
 
@@ -246,13 +250,13 @@ def deepfashion_record(manual_dir: Path, source_path: str, target_path: str, cap
     styles, present = load_styles(manual_dir, source_path, style_size)
     lanczos = Image.Resampling.LANCZOS
     return {
-        "image": _open_rgb(manual_dir / "img_256" / target_path, image_size, lanczos),
-        "mask": _open_mask(target_pose.with_name(target_pose.name + "_mask.png"), image_size),
+        "image": open_rgb(manual_dir / "img_256" / target_path, image_size, lanczos),
+        "mask": open_mask(target_pose.with_name(target_pose.name + "_mask.png"), image_size),
         "smpl": _load_smpl(target_pose.with_suffix(".p")),
         "text": str(captions[target_path]),
         "styles": styles,
         "style_present": present,
-        "source_image": _open_rgb(manual_dir / "img_256" / source_path, image_size, lanczos),
+        "source_image": open_rgb(manual_dir / "img_256" / source_path, image_size, lanczos),
         "source_smpl": _load_smpl(source_pose.with_suffix(".p")),
         "id": f"{source_path}->{target_path}",
         "identity": np.int64(identity_of(target_path)),

@@ -1,0 +1,135 @@
+"""Sample UPGPT's four tasks from a training run or converted weights.
+
+  python sample.py --workdir workdirs/synthetic_tiny --task generate --out samples/
+  python sample.py --workdir DIR --task pose_transfer --example 3 --out OUT
+  python sample.py --workdir DIR --task edit --example 3 --edit "top=text:red striped top" --out OUT
+  python sample.py --workdir DIR --task interpolate --start_smpl a.p --end_smpl b.p --frames 16 --out OUT
+  python sample.py --workdir DIR --requests jobs.jsonl --out OUT        # one JSON request per line
+  python sample.py --params weights/upgpt_256 --config configs/upgpt_256.py --task ... --out OUT
+
+With no condition flags, each task takes its conditions from the test split of the run's dataset
+(unseen identities). Each request writes OUT/<name>/: sample_*.png, grid.png, samples.json (seed,
+sampling settings, checkpoint, config, conditions) and, for interpolate, animation.gif (+ .mp4
+with imageio-ffmpeg). The sampler (--method/--num_steps/--eta/--guidance) defaults to the config's
+`sampling` section; --released_no_guidance runs the released code's unguided sampling.
+"""
+import json
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "With --params: the config the weights fit.", lock_config=False)
+flags.DEFINE_string("workdir", None, "A train.py workdir (its newest checkpoint and config).")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+flags.DEFINE_enum("weights", "ema", ["ema", "params"], "EMA or raw weights of the checkpoint.")
+flags.DEFINE_string("params", None, "Converted weights (python -m upgpt_jax.convert --out DIR).")
+flags.DEFINE_string("out", None, "Output folder.")
+flags.DEFINE_enum("task", "generate", ["generate", "pose_transfer", "edit", "interpolate"], "The task.")
+flags.DEFINE_string("requests", None, "A JSONL file of requests (run as one batch job).")
+flags.DEFINE_string("name", None, "Output subfolder name of a single request.")
+flags.DEFINE_integer("seed", None, "Noise seed of the (first) sample.")
+flags.DEFINE_integer("num", None, "generate/pose_transfer: number of samples.")
+flags.DEFINE_integer("example", None, "Dataset test example whose conditions to use.")
+flags.DEFINE_string("text", None, "Content text.")
+flags.DEFINE_string("smpl", None, "SMPL: FrankMocap .p/.pkl, .npz, .npy, .json, or example:K[:source].")
+flags.DEFINE_string("mask", None, "Person mask image (default: rendered from the SMPL).")
+flags.DEFINE_string("style_folder", None, "Style crops <part>.jpg in the original layout.")
+flags.DEFINE_multi_string("style", [], "part=crop.jpg | part=text:words | part=example:K (generate).")
+flags.DEFINE_string("target_smpl", None, "pose_transfer: the target pose (default: the example's).")
+flags.DEFINE_multi_string("edit", [], "edit: part=text:words | part=crop.jpg | part=example:K.")
+flags.DEFINE_string("start_smpl", None, "interpolate: first pose.")
+flags.DEFINE_string("end_smpl", None, "interpolate: last pose.")
+flags.DEFINE_integer("frames", None, "interpolate: number of frames.")
+flags.DEFINE_enum("interpolation", None, ["linear", "slerp"], "interpolate: linear (the original) or slerp.")
+flags.DEFINE_string("smpl_model_dir", None, "SMPL model files (smplx layout) to render person masks.")
+flags.DEFINE_enum("method", None, ["ddim", "ddpm", "dpmpp_2m"], "Sampler (default: config.sampling).")
+flags.DEFINE_integer("num_steps", None, "Sampler steps.")
+flags.DEFINE_float("eta", None, "DDIM eta.")
+flags.DEFINE_string("guidance", None, "Guidance scales, e.g. 'pose=1,style=2,text=3' (1 = none).")
+flags.DEFINE_bool("released_no_guidance", False, "No guidance at all (one UNet call per step), as released.")
+flags.DEFINE_integer("batch_size", None, "Samples per device batch.")
+
+
+def single_request() -> dict:
+    """The request the flags describe (only the flags that were given)."""
+    values = {
+        "task": flags.FLAGS.task, "name": flags.FLAGS.name, "seed": flags.FLAGS.seed, "num": flags.FLAGS.num,
+        "example": flags.FLAGS.example, "text": flags.FLAGS.text, "mask": flags.FLAGS.mask,
+        "style_folder": flags.FLAGS.style_folder, "frames": flags.FLAGS.frames,
+        "interpolation": flags.FLAGS.interpolation, "start_smpl": flags.FLAGS.start_smpl,
+        "end_smpl": flags.FLAGS.end_smpl, "target_smpl": flags.FLAGS.target_smpl,
+        "styles": flags.FLAGS.style or None, "edits": flags.FLAGS.edit or None,
+    }
+    if flags.FLAGS.smpl:
+        values["source_smpl" if flags.FLAGS.task == "pose_transfer" else "smpl"] = flags.FLAGS.smpl
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def read_requests(path: str) -> list[dict]:
+    requests = []
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(file, 1):
+            if line.strip():
+                try:
+                    request = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise app.UsageError(f"{path}:{number}: not JSON ({error})") from None
+                if not isinstance(request, dict):
+                    raise app.UsageError(f"{path}:{number}: expected a JSON object per line")
+                requests.append(request)
+    if not requests:
+        raise app.UsageError(f"{path}: no requests")
+    return requests
+
+
+def parse_guidance(text: str) -> dict[str, float]:
+    scales = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            scales[name.strip()] = float(value)
+        except ValueError:
+            raise app.UsageError(f"--guidance: {item!r} is not condition=scale") from None
+    return scales
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if not flags.FLAGS.out:
+        raise app.UsageError("--out is required")
+    if bool(flags.FLAGS.workdir) == bool(flags.FLAGS.params):
+        raise app.UsageError("give either --workdir (a training run) or --params with --config (converted weights)")
+    if flags.FLAGS.params and flags.FLAGS.config is None:
+        raise app.UsageError("--params needs --config")
+    from upgpt_jax.compilation_cache import enable_compilation_cache
+    from upgpt_jax import pipeline
+
+    enable_compilation_cache()
+    requests = read_requests(flags.FLAGS.requests) if flags.FLAGS.requests else [single_request()]
+    try:  # every request is checked before the weights are read or anything is compiled
+        config = pipeline.run_config(flags.FLAGS.workdir, flags.FLAGS.step)[0] if flags.FLAGS.workdir else flags.FLAGS.config
+        jobs = pipeline.plan_requests(config, requests, flags.FLAGS.smpl_model_dir)
+    except (pipeline.ConditionError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if flags.FLAGS.workdir:
+        loaded = pipeline.load_from_workdir(flags.FLAGS.workdir, flags.FLAGS.step, flags.FLAGS.weights)
+    else:
+        loaded = pipeline.load_from_params(flags.FLAGS.params, flags.FLAGS.config)
+    guidance = parse_guidance(flags.FLAGS.guidance) if flags.FLAGS.guidance else None
+    if flags.FLAGS.released_no_guidance:
+        guidance = {name: 1.0 for name in loaded.config.sampling.guidance}
+    settings = pipeline.SamplingSettings.from_config(
+        loaded.config.sampling, method=flags.FLAGS.method, num_steps=flags.FLAGS.num_steps, eta=flags.FLAGS.eta,
+        guidance=guidance, batch_size=flags.FLAGS.batch_size)
+    folders = pipeline.run_jobs(loaded, jobs, flags.FLAGS.out, settings)
+    for folder in folders:
+        print(folder)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,162 @@
+"""The sampling pipeline end to end on the tiny config: a checkpointed run -> the four tasks' files.
+
+The run is a real train.py workdir layout (orbax checkpoint with state, data state and config)
+written from random weights, so no training is needed; one sampler compilation serves all tests.
+"""
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+from upgpt_jax import pipeline
+from upgpt_jax.pipeline.conditions import ConditionError, read_smpl
+from upgpt_jax.smpl.interpolate import interpolate_smpl
+from upgpt_jax.train.checkpointing import Checkpointer
+from upgpt_jax.train.state import FROZEN, TRAINABLE, TrainState
+
+SETTINGS = pipeline.SamplingSettings(method="ddim", num_steps=4, batch_size=8,
+                                     guidance=(("pose", 1.0), ("style", 2.0), ("text", 2.0)))
+
+
+def scaled_params(params):
+    """The shared random weights, larger (UNet, fusion x5, VAE x3): at the fixture's scale the random
+    UNet barely reacts to its conditions and the random decoder barely to its latents, and every
+    sample would round to the same image."""
+    return {name: jax.tree.map(lambda x: x * (3.0 if name == "vae" else 5.0), tree) for name, tree in params.items()}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_config, tiny_model):
+    """A workdir whose checkpoint holds random weights; EMA differs from the raw params."""
+    params = scaled_params(tiny_model[1])
+    trainable = {name: params[name] for name in TRAINABLE}
+    state = TrainState(
+        step=np.int32(7), params=jax.tree.map(lambda x: x * 0.5, trainable),  # differs from the EMA
+        opt_state=optax.adamw(1e-4).init(trainable), ema_params=trainable,
+        frozen_params={name: params[name] for name in FROZEN}, rng=np.asarray(jax.random.PRNGKey(0)),
+        skipped=np.int32(0))
+    directory = tmp_path_factory.mktemp("run")
+    checkpointer = Checkpointer(directory / "checkpoints", keep=1, asynchronous=False)
+    checkpointer.save(7, state, {"epoch": 0, "position": 0}, tiny_config)
+    checkpointer.close()
+    return directory
+
+
+@pytest.fixture(scope="module")
+def loaded(workdir):
+    return pipeline.load_from_workdir(workdir)
+
+
+def test_loads_the_ema_weights_and_the_run_config(loaded, tiny_model, tiny_config):
+    params = scaled_params(tiny_model[1])
+    np.testing.assert_array_equal(loaded.params["unet"]["conv_in"]["kernel"], params["unet"]["conv_in"]["kernel"])
+    np.testing.assert_array_equal(loaded.params["vae"]["decoder"]["conv_out"]["kernel"],
+                                  params["vae"]["decoder"]["conv_out"]["kernel"])
+    assert loaded.source["step"] == 7 and loaded.source["weights"] == "ema"
+    assert tuple(loaded.config.model.image_size) == tuple(tiny_config.model.image_size)
+
+
+@pytest.fixture(scope="module")
+def outputs(loaded, tmp_path_factory):
+    """All four tasks from the dataset's defaults, in one batch job (one compilation)."""
+    out = tmp_path_factory.mktemp("samples")
+    requests = [
+        {"task": "generate", "num": 2, "name": "gen"},
+        {"task": "pose_transfer", "example": 3, "name": "transfer"},
+        {"task": "edit", "example": 3, "edits": ["top=text:a red top", "bottom=example:5"], "name": "edit"},
+        {"task": "interpolate", "example": 3, "frames": 4, "name": "interp"},
+        {"task": "pose_transfer", "example": 3, "name": "transfer_again"},
+    ]
+    folders = pipeline.run_requests(loaded, requests, out, SETTINGS, progress=False)
+    return out, {folder.name: folder for folder in folders}
+
+
+def test_every_task_writes_its_files(outputs, tiny_config):
+    _, folders = outputs
+    height, width = tiny_config.model.image_size
+    expected_samples = {"gen": 2, "transfer": 1, "edit": 2, "interp": 4, "transfer_again": 1}
+    for name, count in expected_samples.items():
+        record = json.loads((folders[name] / "samples.json").read_text())
+        assert len(record["samples"]) == count and record["checkpoint"]["step"] == 7
+        assert record["sampling"]["num_steps"] == 4
+        for sample in record["samples"]:
+            image = np.asarray(Image.open(folders[name] / sample["file"]))
+            assert image.shape == (height, width, 3) and image.dtype == np.uint8
+        assert (folders[name] / "grid.png").is_file()
+    assert (folders["transfer"] / "ground_truth_000.png").is_file()
+    assert (folders["transfer"] / "source_000.png").is_file()
+    gif = Image.open(folders["interp"] / "animation.gif")
+    assert gif.n_frames == 2 * 4 - 2  # forwards and back
+
+
+def test_same_seed_same_image_whatever_the_batch(outputs):
+    _, folders = outputs
+    first = np.asarray(Image.open(folders["transfer"] / "sample_000.png"))
+    again = np.asarray(Image.open(folders["transfer_again"] / "sample_000.png"))
+    np.testing.assert_array_equal(first, again)  # the two sit at different batch positions
+    assert np.std(first.astype(np.float32)) > 1.0
+
+
+def test_edit_changes_the_edited_sample_only_through_its_conditions(outputs):
+    _, folders = outputs
+    record = json.loads((folders["edit"] / "samples.json").read_text())
+    unedited, edited = (sample["conditions"] for sample in record["samples"])
+    assert edited["style_texts"] == {"top": "a red top"} and "top" not in edited["style_images"]
+    assert "bottom" in edited["style_images"] and unedited["smpl"] == edited["smpl"]
+    images = [np.asarray(Image.open(folders["edit"] / sample["file"])) for sample in record["samples"]]
+    assert np.abs(images[0].astype(int) - images[1].astype(int)).max() > 0
+
+
+def test_interpolation_endpoints_are_the_input_poses(outputs, loaded):
+    _, folders = outputs
+    record = json.loads((folders["interp"] / "samples.json").read_text())
+    examples = pipeline.TaskContext(loaded.config).examples
+    start, end = examples.person(3, "source").smpl, examples.person(3).smpl
+    frames = [np.asarray(sample["conditions"]["smpl"], np.float32) for sample in record["samples"]]
+    np.testing.assert_allclose(frames[0], start, atol=1e-6)  # JSON keeps 6 decimals
+    np.testing.assert_allclose(frames[-1], end, atol=1e-6)
+    job = pipeline.plan(pipeline.TaskContext(loaded.config), {"task": "interpolate", "example": 3, "frames": 4})
+    np.testing.assert_array_equal(job.people[0].smpl, start)
+    np.testing.assert_array_equal(job.people[-1].smpl, end)
+    np.testing.assert_allclose(np.stack([p.smpl for p in job.people]), interpolate_smpl(start, end, 4, "slerp"),
+                               atol=1e-6)
+    assert len({seed for seed in job.seeds}) == 1  # one noise for every frame
+
+
+@pytest.mark.parametrize("request_, message", [
+    ({"task": "generate", "text": "a person", "smpl": [0.0] * 84}, "85 finite numbers"),
+    ({"task": "generate", "text": "a person", "smpl": "missing.p"}, "does not exist"),
+    ({"task": "edit", "example": 1, "edits": ["hat=text:red"]}, "unknown style part 'hat'"),
+    ({"task": "edit", "example": 1, "edits": ["top=missing.jpg"]}, "missing.jpg"),
+    ({"task": "dance"}, "unknown task"),
+    ({"task": "generate", "smpl_file": "x"}, "unknown keys"),
+])
+def test_bad_requests_fail_before_compute(loaded, request_, message):
+    with pytest.raises(ConditionError, match=message):
+        pipeline.plan_requests(loaded.config, [request_])
+
+
+def test_smpl_files_of_every_kind(tmp_path):
+    vector = np.linspace(-1, 1, 85).astype(np.float32)
+    np.savez(tmp_path / "a.npz", smpl=vector)
+    (tmp_path / "a.json").write_text(json.dumps({"smpl": vector.tolist()}))
+    np.save(tmp_path / "a.npy", vector)
+    for name in ("a.npz", "a.json", "a.npy"):
+        np.testing.assert_array_equal(read_smpl(tmp_path / name), vector)
+    np.save(tmp_path / "bad.npy", vector[:80])
+    with pytest.raises(ConditionError, match="bad.npy"):
+        read_smpl(tmp_path / "bad.npy")
+
+
+def test_sample_cli_reports_bad_input_without_traceback(workdir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "sample.py", "--workdir", str(workdir), "--task", "generate", "--text", "a person",
+         "--smpl", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "nope.npz does not exist" in result.stderr and "Traceback" not in result.stderr

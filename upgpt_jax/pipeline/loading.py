@@ -1,0 +1,153 @@
+"""Everything sampling needs, loaded once: config, model, weights on the mesh, CLIP, tokenizer.
+
+Two sources of weights:
+- a training workdir (`train.py --workdir DIR`): the newest (or a chosen) checkpoint and the
+  config it was trained with, which travels inside the checkpoint, so `sample.py --workdir DIR`
+  needs no config flag. The EMA weights are used by default, as LDM samples from its EMA.
+- converted weights (`python -m upgpt_jax.convert ... --out DIR`) with the config they fit.
+  The released UPGPT checkpoint has no null embeddings (it was never trained with condition
+  dropout), so missing fusion nulls come from a fresh initialisation; guidance scales other than
+  1 then steer towards an untrained "null", which is why the released code ran no guidance.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+
+from upgpt_jax.models.clip import ClipEncoders, clip_from_config
+from upgpt_jax.models.fusion import MultimodalFusion
+from upgpt_jax.models.upgpt import UPGPT, build_model
+from upgpt_jax.sharding import make_mesh
+from upgpt_jax.tokenizer import load_clip_tokenizer
+from upgpt_jax.train.state import replicated, state_shardings
+
+CHECKPOINT_DIR = "checkpoints"  # as upgpt_jax.train.trainer writes it
+WEIGHTS = ("ema", "params")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to sample: params {"unet", "vae", "fusion"} placed on `mesh`."""
+
+    config: ml_collections.ConfigDict
+    model: UPGPT
+    params: Any
+    clip: ClipEncoders
+    clip_params: Any
+    tokenizer: Any
+    mesh: Mesh
+    source: dict[str, Any]  # where the weights came from, for the outputs' JSON
+
+
+def load_from_workdir(workdir: str | os.PathLike, step: int | None = None, weights: str = "ema",
+                      devices: list[jax.Device] | None = None) -> LoadedModel:
+    """The model of a training run: checkpoint `step` (default: the newest) with its config."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    config, step = run_config(workdir, step)
+    manager = _manager(workdir)
+    model, mesh, abstract, shardings = _placement(config, devices)
+    trained = "ema_params" if weights == "ema" else "params"
+    # Only the weights are read: the optimizer state (twice the trainable params) stays on disk.
+    wanted = {trained: abstract["trainable"], "frozen_params": abstract["frozen"]}
+    target = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                          wanted, {trained: shardings["trainable"], "frozen_params": shardings["frozen"]})
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+    manager.close()
+    state = restored["state"]
+    params = {**state[trained], **state["frozen_params"]}
+    return _assemble(config, model, mesh, params, dict(workdir=str(workdir), step=int(step), weights=weights))
+
+
+def run_config(workdir: str | os.PathLike, step: int | None = None) -> tuple[ml_collections.ConfigDict, int]:
+    """(the config a run was trained with, the checkpoint step) — cheap: reads JSON only."""
+    manager = _manager(workdir)
+    steps = manager.all_steps()
+    directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {directory}: train first (python train.py --workdir {workdir})")
+    step = max(steps) if step is None else step
+    if step not in steps:
+        raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; there are {sorted(steps)}")
+    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    manager.close()
+    return _tuples(ml_collections.ConfigDict(config)), int(step)
+
+
+def _manager(workdir: str | os.PathLike) -> ocp.CheckpointManager:
+    directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{workdir} has no {CHECKPOINT_DIR}/ folder: expected a train.py --workdir")
+    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+
+
+def load_from_params(params_dir: str | os.PathLike, config: ml_collections.ConfigDict,
+                     devices: list[jax.Device] | None = None) -> LoadedModel:
+    """Converted weights (`python -m upgpt_jax.convert`) for `config`; missing fusion nulls are
+    initialised (see the module docstring); a missing UNet or VAE is an error."""
+    from upgpt_jax.convert.params_io import load_params
+
+    model, mesh, _, _ = _placement(config, devices)
+    params, metadata = load_params(params_dir)
+    missing = [part for part in ("unet", "vae") if part not in params]
+    if missing:
+        raise ValueError(f"{params_dir} lacks the {missing} weights; sampling needs the UNet and the VAE")
+    fresh_fusion = _fresh_fusion(config)
+    fusion = {**fresh_fusion, **params.get("fusion", {})}
+    params = {"unet": params["unet"], "vae": params["vae"], "fusion": fusion}
+    source = dict(params_dir=str(params_dir), initialised=sorted(set(fresh_fusion) - set(params.get("fusion", {}))),
+                  converted_from=metadata.get("source"))
+    return _assemble(config, model, mesh, jax.device_put(params, replicated(mesh)), source)
+
+
+def _placement(config: ml_collections.ConfigDict, devices: list[jax.Device] | None):
+    """(model, mesh, abstract params, their shardings), params grouped as the train state holds them."""
+    from upgpt_jax.models.upgpt import example_inputs
+    from upgpt_jax.train.state import FROZEN, TRAINABLE
+
+    model = build_model(config.model)
+    mesh = make_mesh(config.mesh, devices or jax.devices())
+    boxed = jax.eval_shape(model.init, jax.random.key(0), **example_inputs(config.model))["params"]
+    grouped = {"trainable": {name: boxed[name] for name in TRAINABLE}, "frozen": {name: boxed[name] for name in FROZEN}}
+    return model, mesh, nn.unbox(grouped), state_shardings(grouped, mesh, config.axis_rules)
+
+
+def _fresh_fusion(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Freshly initialised fusion params (cheap: no UNet)."""
+    fusion = MultimodalFusion(**{key: tuple(value) if isinstance(value, list) else value
+                                 for key, value in config.model.fusion.to_dict().items()})
+    inputs = (jnp.zeros((1, config.model.clip.max_length, config.model.fusion.text_dim)),
+              jnp.zeros((1, config.model.fusion.num_parts, config.model.fusion.style_dim)),
+              jnp.zeros((1, config.model.fusion.pose_dim)))
+    return nn.unbox(fusion.init(jax.random.key(config.seed), *inputs))["params"]
+
+
+def _assemble(config: ml_collections.ConfigDict, model: UPGPT, mesh: Mesh, params: Any,
+              source: dict[str, Any]) -> LoadedModel:
+    clip, clip_params = clip_from_config(config.model.clip, seed=config.seed, dtype=jnp.dtype(config.model.dtype))
+    return LoadedModel(config=config, model=model, params=params, clip=clip,
+                       clip_params=jax.device_put(clip_params, replicated(mesh)), tokenizer=load_clip_tokenizer(),
+                       mesh=mesh, source=source)
+
+
+def _tuples(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """JSON turned the config's tuples into lists; module fields and mesh rules want tuples back."""
+    def convert(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: convert(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return tuple(convert(item) for item in value)
+        return value
+
+    return ml_collections.ConfigDict(convert(json.loads(config.to_json())))

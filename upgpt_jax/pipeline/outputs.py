@@ -1,0 +1,95 @@
+"""Writing a job's results: one PNG per sample, a labelled grid, a JSON record, and for
+interpolations the frames as an animated GIF (and an MP4 when imageio with ffmpeg is installed)."""
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from upgpt_jax.pipeline.tasks import Job
+
+_LABEL_HEIGHT = 12
+
+
+def image_grid(images: Sequence[np.ndarray], labels: Sequence[str] | None = None, columns: int | None = None,
+               pad: int = 2) -> np.ndarray:
+    """uint8 (H', W', 3): images of one size in rows of `columns`, each with its label above."""
+    images = [np.asarray(image) for image in images]
+    height, width = images[0].shape[:2]
+    columns = columns or len(images)
+    rows = -(-len(images) // columns)
+    label_height = _LABEL_HEIGHT if labels else 0
+    cell_h, cell_w = height + label_height + pad, width + pad
+    canvas = Image.new("RGB", (columns * cell_w + pad, rows * cell_h + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for index, image in enumerate(images):
+        left, top = pad + (index % columns) * cell_w, pad + (index // columns) * cell_h
+        canvas.paste(Image.fromarray(image), (left, top + label_height))
+        if labels:
+            draw.text((left, top), _fit(labels[index], width), fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def _fit(label: str, width: int) -> str:
+    """Truncate to about the characters the default bitmap font (6 px) fits in `width`."""
+    limit = max(1, width // 6)
+    return label if len(label) <= limit else label[: limit - 1] + "~"
+
+
+def write_job(out_dir: str | pathlib.Path, job: Job, images: np.ndarray, metadata: Mapping[str, Any]) -> pathlib.Path:
+    """Write `job`'s samples under out_dir/<job.name>/ and return that folder."""
+    folder = pathlib.Path(out_dir) / job.name
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for index, image in enumerate(images):
+        path = folder / f"sample_{index:03d}.png"
+        Image.fromarray(image).save(path)
+        files.append(path.name)
+    # References (ground truth, source) in the first row(s), the samples from a new row on.
+    references = [(label, image) for label, stack in job.references.items() for image in stack]
+    columns = min(max(len(images), len(references), 1), 10)
+    blanks = -len(references) % columns
+    white = np.full_like(images[0], 255)
+    grid_images = [image for _, image in references] + [white] * blanks + list(images)
+    grid_labels = [label for label, _ in references] + [""] * blanks + list(job.labels)
+    Image.fromarray(image_grid(grid_images, grid_labels, columns)).save(folder / "grid.png")
+    for label, stack in job.references.items():
+        for index, image in enumerate(stack):
+            Image.fromarray(image).save(folder / f"{label.replace(' ', '_')}_{index:03d}.png")
+    record = dict(metadata, task=job.task, name=job.name, request=job.request, files=files, samples=[
+        dict(file=file, seed=seed, label=label, conditions=person.describe())
+        for file, seed, label, person in zip(files, job.seeds, job.labels, job.people)])
+    (folder / "samples.json").write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
+    if job.task == "interpolate":
+        write_animation(folder / "animation", images)
+    return folder
+
+
+def write_animation(stem: pathlib.Path, frames: np.ndarray, fps: int = 8) -> list[pathlib.Path]:
+    """stem.gif (always; forwards then backwards, looping) and stem.mp4 when imageio-ffmpeg is there."""
+    sequence = list(frames) + list(frames[-2:0:-1])
+    pil = [Image.fromarray(frame) for frame in sequence]
+    written = [stem.with_suffix(".gif")]
+    pil[0].save(written[0], save_all=True, append_images=pil[1:], duration=int(1000 / fps), loop=0)
+    try:
+        import imageio.v2 as imageio  # optional: pip install imageio imageio-ffmpeg
+
+        with imageio.get_writer(stem.with_suffix(".mp4"), fps=fps, macro_block_size=1) as writer:
+            for frame in sequence:
+                writer.append_data(frame)
+        written.append(stem.with_suffix(".mp4"))
+    except (ImportError, RuntimeError, ValueError):  # no imageio, or no ffmpeg backend
+        stem.with_suffix(".mp4").unlink(missing_ok=True)
+    return written
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    return str(value)

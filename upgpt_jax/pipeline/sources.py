@@ -1,0 +1,84 @@
+"""Where conditions come from when the user names none: the run's dataset, and SMPL silhouettes.
+
+`DatasetExamples` reads the TEST split of the config's dataset (unseen identities), rendered in
+memory for the embedded `synthetic_people` or read from a prepared TFDS folder. `silhouette`
+draws the person mask of any SMPL vector: through smplx when the user gives SMPL model files,
+otherwise as the synthetic mannequin's silhouette (an approximate clothed body; exact for runs
+on synthetic_people when the mannequin's identity is known).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from upgpt_jax.pipeline.conditions import ConditionError, Person, person_from_record
+
+DEFAULT_MANNEQUIN = 1  # identity whose silhouette stands in when the person's own is unknown
+
+
+class DatasetExamples:
+    """Random access to the test pairs of `config.data` (see upgpt_jax.data.schema)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, split: str = "test"):
+        self.config = config
+        self.split = split
+        data = config.data
+        if data.data_dir:
+            import tensorflow_datasets as tfds
+
+            self._source = tfds.data_source(data.dataset, data_dir=data.data_dir, split=split, download=False)
+        elif data.dataset == "synthetic_people":
+            self._source = None
+        else:
+            raise ConditionError(f"data.data_dir is empty and dataset {data.dataset!r} is not rendered in memory: "
+                                 "give the conditions explicitly or set --data_dir")
+
+    def __len__(self) -> int:
+        from upgpt_jax.data.synthetic import split_identity_ids
+
+        return len(self._source) if self._source is not None else 10 * len(split_identity_ids(self.split))
+
+    @functools.lru_cache(maxsize=64)
+    def record(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise ConditionError(f"example {index} is outside the {len(self)} {self.split} examples of "
+                                 f"{self.config.data.dataset}")
+        if self._source is not None:
+            return dict(self._source[index])
+        from upgpt_jax.data.records import synthetic_pair_record
+
+        model = self.config.model
+        return synthetic_pair_record(index, self.split, tuple(model.image_size), int(model.clip.image_size))[1]
+
+    def person(self, index: int, side: str = "target") -> Person:
+        person = person_from_record(self.record(index), side, source=f"{self.split} example {index}")
+        if side == "source":
+            person.mask = silhouette(person.smpl, tuple(self.config.model.image_size), self.mannequin(index))
+        return person
+
+    def image(self, index: int, side: str = "target") -> np.ndarray:
+        return np.asarray(self.record(index)["image" if side == "target" else "source_image"])
+
+    def mannequin(self, index: int) -> int | None:
+        """The synthetic identity of example `index` (for its exact silhouette), else None."""
+        if self.config.data.dataset != "synthetic_people":
+            return None
+        return int(self.record(index)["identity"])
+
+
+def silhouette(smpl: np.ndarray, image_size: tuple[int, int], mannequin: int | None = None,
+               smpl_model_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """bool (H, W) person mask of `smpl`: smplx's mesh with `smpl_model_dir`, else the mannequin."""
+    if smpl_model_dir:
+        from upgpt_jax.smpl.masks import mask_from_smpl
+
+        return np.asarray(mask_from_smpl(smpl, smpl_model_dir, image_size)) > 0
+    from upgpt_jax.data.synthetic import identity_from_id
+    from upgpt_jax.data.synthetic.render import render
+
+    identity = identity_from_id(DEFAULT_MANNEQUIN if mannequin is None else mannequin)
+    return render(identity, np.asarray(smpl, np.float32), tuple(image_size))[1]

@@ -1,0 +1,217 @@
+"""The four tasks of UPGPT as requests -> `Job`s (people to sample, seeds, reference images).
+
+A request is a dict (a JSONL line, or sample.py's flags); every key is optional, and what is not
+given comes from the run's dataset (test split: identities unseen in training):
+
+- generate: text, smpl, mask, styles ["part=image.jpg" | "part=text:words" | "part=example:K"],
+  style_folder, example K (default conditions), num (samples), seed.
+- pose_transfer: source example K or (style_folder + text) for the appearance; target_smpl
+  (file, 85 numbers, or "example:K" / "example:K:source") and target mask; the ground truth is
+  shown beside the samples when the target is a dataset example.
+- edit: the person of example K (or style_folder + text + smpl), `edits` ["top=text:red striped
+  shirt", "top=other_top.jpg", "top=example:K"]: those parts change, the rest is kept; the
+  unedited sample with the same seed is produced beside it.
+- interpolate: start_smpl/end_smpl (default: example K's source and target poses), frames N,
+  interpolation "linear" (the original) or "slerp"; every frame uses the same noise and its own
+  rendered person mask.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from upgpt_jax.pipeline.conditions import (
+    ConditionError, Person, check_part, parse_style_assignments, read_mask, read_smpl, read_style_folder)
+from upgpt_jax.pipeline.sources import DatasetExamples, silhouette
+from upgpt_jax.smpl.interpolate import METHODS, interpolate_smpl
+
+TASKS = ("generate", "pose_transfer", "edit", "interpolate")
+_KEYS = {
+    "generate": {"text", "smpl", "mask", "styles", "style_folder", "example", "num", "seed"},
+    "pose_transfer": {"example", "style_folder", "text", "source_smpl", "target_smpl", "mask", "num", "seed"},
+    "edit": {"example", "style_folder", "text", "smpl", "mask", "edits", "seed"},
+    "interpolate": {"example", "style_folder", "text", "start_smpl", "end_smpl", "frames", "interpolation", "seed"},
+}
+_COMMON = {"task", "name"}
+
+
+@dataclasses.dataclass
+class Job:
+    """One request's samples: people[i] from noise seed seeds[i], labelled labels[i]."""
+
+    name: str
+    task: str
+    people: list[Person]
+    seeds: list[int]
+    labels: list[str]
+    references: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # shown beside the samples
+    request: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class TaskContext:
+    """What the planners need: the run's config, its dataset (lazily) and SMPL model files."""
+
+    def __init__(self, config: Any, smpl_model_dir: str | None = None):
+        self.config = config
+        self.image_size = tuple(config.model.image_size)
+        self.style_size = int(config.model.clip.image_size)
+        self.smpl_model_dir = smpl_model_dir
+        self._examples: DatasetExamples | None = None
+
+    @property
+    def examples(self) -> DatasetExamples:
+        if self._examples is None:
+            self._examples = DatasetExamples(self.config)
+        return self._examples
+
+    def smpl(self, spec: Any, source: str) -> np.ndarray:
+        """An SMPL spec, or "example:K" (that example's target pose) / "example:K:source"."""
+        if isinstance(spec, str) and spec.startswith("example:"):
+            index, side = _example_ref(spec, source)
+            return self.examples.person(index, side).smpl
+        return read_smpl(spec, source)
+
+    def mask(self, request: Mapping[str, Any], smpl: np.ndarray, mannequin: int | None) -> np.ndarray:
+        if request.get("mask"):
+            return read_mask(request["mask"], self.image_size)
+        return silhouette(smpl, self.image_size, mannequin, self.smpl_model_dir)
+
+    def styles(self, assignments: list[str], source: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Parsed style assignments; "part=example:K" takes part K's crop of a dataset example."""
+        own, borrowed = [], {}
+        for item in assignments:
+            part, _, value = item.partition("=")
+            if value.startswith("example:"):
+                index, _ = _example_ref(value, source)
+                donor = self.examples.person(index)
+                part = check_part(part.strip(), source)
+                if part not in donor.style_images:
+                    raise ConditionError(f"{source}: example {index} has no {part!r} crop")
+                borrowed[part] = donor.style_images[part]
+            else:
+                own.append(item)
+        images, texts = parse_style_assignments(own, self.style_size, source)
+        return {**images, **borrowed}, texts
+
+    def appearance(self, request: Mapping[str, Any], source: str, default_example: int = 0) -> tuple[Person, int | None]:
+        """(the person whose look a task keeps, its example index or None): a style folder + text
+        (+ smpl), or dataset example `example`."""
+        if request.get("style_folder"):
+            if not request.get("text"):
+                raise ConditionError(f"{source}: a style_folder needs a content 'text' too")
+            smpl = self.smpl(request.get("smpl") or request.get("source_smpl") or _required(request, "smpl", source),
+                             source)
+            person = Person(text=str(request["text"]), smpl=smpl, mask=self.mask(request, smpl, None),
+                            style_images=read_style_folder(request["style_folder"], self.style_size),
+                            origin=dict(source=source, style_folder=str(request["style_folder"])))
+            return person, None
+        index = int(request.get("example", default_example))
+        person = self.examples.person(index)
+        if request.get("text"):
+            person.text = str(request["text"])
+        return person, index
+
+
+def plan(context: TaskContext, request: Mapping[str, Any], index: int = 0) -> Job:
+    """The `Job` of one request; unknown tasks or keys are refused before any compute."""
+    task = request.get("task")
+    name = str(request.get("name") or f"{index:03d}_{task}")
+    if task not in TASKS:
+        raise ConditionError(f"request {name}: unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    unknown = set(request) - _KEYS[task] - _COMMON
+    if unknown:
+        raise ConditionError(f"request {name}: unknown keys {sorted(unknown)} for task {task}; "
+                             f"expected some of {sorted(_KEYS[task])}")
+    job = _PLANNERS[task](context, dict(request), name, int(request.get("seed", 0)))
+    job.request = dict(request)
+    return job
+
+
+def _generate(context: TaskContext, request: dict, name: str, seed: int) -> Job:
+    num = int(request.get("num", 4))
+    explicit = any(request.get(key) for key in ("text", "smpl", "styles", "style_folder"))
+    if explicit:
+        smpl = context.smpl(_required(request, "smpl", name), name)
+        images, texts = context.styles(list(request.get("styles", [])), name)
+        if request.get("style_folder"):
+            images = {**read_style_folder(request["style_folder"], context.style_size), **images}
+        person = Person(text=str(_required(request, "text", name)), smpl=smpl, mask=context.mask(request, smpl, None),
+                        style_images=images, style_texts=texts, origin=dict(source=name))
+        return Job(name, "generate", [person] * num, [seed + i for i in range(num)], [f"seed {seed + i}" for i in range(num)])
+    # From the dataset: example K's text, pose and mask, no style (text + pose generation).
+    start = int(request.get("example", 0))
+    people = [dataclasses.replace(context.examples.person(start + i), style_images={}) for i in range(num)]
+    references = {"ground truth": np.stack([context.examples.image(start + i) for i in range(num)])}
+    return Job(name, "generate", people, [seed] * num, [f"example {start + i}" for i in range(num)], references)
+
+
+def _pose_transfer(context: TaskContext, request: dict, name: str, seed: int) -> Job:
+    num = int(request.get("num", 1))
+    source, example = context.appearance(request, name)
+    if request.get("target_smpl"):
+        target = context.smpl(request["target_smpl"], name)
+        person = dataclasses.replace(source, smpl=target, mask=context.mask(request, target, _mannequin(context, example)))
+        references = {}
+    else:  # the pair's own target: ground truth known
+        if example is None:
+            raise ConditionError(f"{name}: pose_transfer needs a target_smpl")
+        person = context.examples.person(example)
+        references = {"ground truth": context.examples.image(example)[None]}
+    if example is not None:
+        references = {"source": context.examples.image(example, "source")[None], **references}
+    return Job(name, "pose_transfer", [person] * num, [seed + i for i in range(num)],
+               [f"seed {seed + i}" for i in range(num)], references)
+
+
+def _edit(context: TaskContext, request: dict, name: str, seed: int) -> Job:
+    person, example = context.appearance(request, name)
+    edits = list(request.get("edits") or [f"top=example:{(example or 0) + 1}"])
+    images, texts = context.styles(edits, name)
+    edited = person.with_styles(images, texts)
+    edited.origin = {**person.origin, "edits": edits}
+    references = {"source": context.examples.image(example, "source")[None]} if example is not None else {}
+    return Job(name, "edit", [person, edited], [seed, seed], ["unedited", "edited: " + "; ".join(edits)], references)
+
+
+def _interpolate(context: TaskContext, request: dict, name: str, seed: int) -> Job:
+    frames = int(request.get("frames", 8))
+    method = request.get("interpolation", "slerp")
+    if method not in METHODS:
+        raise ConditionError(f"{name}: interpolation must be one of {METHODS}, got {method!r}")
+    person, example = context.appearance(request, name)
+    default_example = f"example:{example or 0}"
+    start = context.smpl(request.get("start_smpl") or default_example + ":source", name)
+    end = context.smpl(request.get("end_smpl") or default_example, name)
+    poses = interpolate_smpl(start, end, frames, method)
+    mannequin = _mannequin(context, example)
+    people = [dataclasses.replace(person, smpl=pose.astype(np.float32), mask=context.mask({}, pose, mannequin))
+              for pose in poses]
+    return Job(name, "interpolate", people, [seed] * frames, [f"frame {i}" for i in range(frames)])
+
+
+def _mannequin(context: TaskContext, example: int | None) -> int | None:
+    return None if example is None else context.examples.mannequin(example)
+
+
+def _required(request: Mapping[str, Any], key: str, source: str) -> Any:
+    if not request.get(key):
+        raise ConditionError(f"{source}: missing {key!r}")
+    return request[key]
+
+
+def _example_ref(spec: str, source: str) -> tuple[int, str]:
+    parts = spec.split(":")
+    try:
+        index = int(parts[1])
+    except (IndexError, ValueError):
+        raise ConditionError(f"{source}: {spec!r} is not example:K or example:K:source") from None
+    side = parts[2] if len(parts) > 2 else "target"
+    if side not in ("target", "source") or len(parts) > 3:
+        raise ConditionError(f"{source}: {spec!r} is not example:K or example:K:source")
+    return index, side
+
+
+_PLANNERS = {"generate": _generate, "pose_transfer": _pose_transfer, "edit": _edit, "interpolate": _interpolate}
