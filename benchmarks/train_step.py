@@ -212,6 +212,13 @@ def benchmark_torch_peers(config: Any, batch: int, steps: int, warmup: int, bf16
     return results
 
 
+def append_jsonl(path: str, common: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    """One JSON line per result (the run's common fields first) appended to `path`."""
+    with open(path, "a") as file:
+        for result in results:
+            file.write(json.dumps({**common, **result}) + "\n")
+
+
 def _fmt(value: float | None, pattern: str) -> str:
     return "-" if value is None else format(value, pattern)
 
@@ -259,9 +266,7 @@ def main(argv: list[str]) -> None:
               f"{_fmt(result['peak_bytes'] and result['peak_bytes'] / GIB, '.2f')} "
               f"({result['peak_source']}) |")
     if FLAGS.out:
-        with open(FLAGS.out, "a") as file:
-            for result in results:
-                file.write(json.dumps({**common, **result}) + "\n")
+        append_jsonl(FLAGS.out, common, results)
 
 
 if __name__ == "__main__":
