@@ -5,30 +5,41 @@ with the same workdir resumes from the newest checkpoint; a larger num_steps tra
 compilations are cached in $JAX_COMPILATION_CACHE_DIR (default ~/.cache/upgpt_jax/jax_cache), so a
 restart does not compile again. Exits 0 when done or preempted (SIGTERM: checkpoint saved), 1 when
 training diverged (non-finite losses; the last good checkpoint is kept).
+
+Several processes (hosts) run the same command, each with its own process id: explicitly
+(`--coordinator_address=HOST0:PORT --num_processes=N --process_id=I`) or, on a Cloud TPU pod slice,
+under SLURM `srun` or Open MPI `mpirun`, with `--distributed=auto` (JAX reads the environment).
+Process 0 prints and writes metrics.jsonl; every process takes part in the checkpoint saves.
 """
-import os
-import pathlib
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from upgpt_jax.compilation_cache import enable_compilation_cache
+from upgpt_jax.distributed import EXPLICIT_FLAGS, initialize, is_main_process
+
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl.")
+flags.DEFINE_enum("distributed", None, ["none", "explicit", "auto"],
+                  "Multi-process launch: 'explicit' with the three flags below (the default when they are "
+                  "given), 'auto' to let JAX detect a TPU pod slice / SLURM / Open MPI, 'none' (the default "
+                  "otherwise) for one process.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, the same on every process.")
+flags.DEFINE_integer("num_processes", None, "How many processes the job has.")
+flags.DEFINE_integer("process_id", None, "This process's id, in [0, num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "upgpt_jax" / "jax_cache"
-
-
-def enable_compilation_cache() -> None:
-    """Persist every compilation (min compile time 0), unless the environment chose otherwise."""
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", str(DEFAULT_CACHE)))
-    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    if "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES" not in os.environ:
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+def join_processes() -> None:
+    """Connect this process to the others of a multi-process job as `--distributed` says (before any
+    device is touched: JAX fixes its device list on first use)."""
+    explicit = {name: flags.FLAGS[name].value for name in EXPLICIT_FLAGS}
+    given = any(value is not None for value in explicit.values())
+    if flags.FLAGS.distributed == "none" and given or flags.FLAGS.distributed == "explicit" and not given:
+        raise app.UsageError(f"--distributed={flags.FLAGS.distributed} and --{', --'.join(EXPLICIT_FLAGS)} "
+                             f"go together: explicit needs them, none excludes them")
+    if flags.FLAGS.distributed != "none":
+        initialize(**explicit, auto_detect=flags.FLAGS.distributed == "auto")
 
 
 def main(argv: list[str]) -> None:
@@ -36,11 +47,13 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
         logging.set_verbosity(logging.WARNING)
+    join_processes()
     enable_compilation_cache()
     from upgpt_jax.train.trainer import train
 
     result = train(flags.FLAGS.config, flags.FLAGS.workdir)
-    print(f"{result.stop_reason} at step {int(result.state.step)}; last checkpoint: {result.last_checkpoint}")
+    if is_main_process():
+        print(f"{result.stop_reason} at step {int(result.state.step)}; last checkpoint: {result.last_checkpoint}")
     if result.stop_reason == "diverged":
         sys.exit(1)
 

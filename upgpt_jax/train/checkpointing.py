@@ -15,8 +15,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import flags
 
 from upgpt_jax.train.state import TrainState
 
@@ -25,6 +27,8 @@ class Checkpointer:
     """Saves and restores a run's checkpoints under `directory`."""
 
     def __init__(self, directory: str | pathlib.Path, keep: int, asynchronous: bool = True):
+        if jax.process_count() > 1:
+            _barriers_through_the_coordinator()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True)
         self.manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
 
@@ -54,6 +58,18 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+ORBAX_DISTRIBUTED_BARRIER = "experimental_orbax_use_distributed_barrier"
+
+
+def _barriers_through_the_coordinator() -> None:
+    """Make orbax synchronise processes at the jax.distributed coordinator (a barrier with a timeout of
+    minutes) instead of with a device collective: on CPU (gloo) a collective's first use fails when
+    the processes arrive more than 30 s apart, e.g. one still compiling. (Takes effect where absl
+    flags are parsed, as in train.py; elsewhere orbax keeps its default.)"""
+    if ORBAX_DISTRIBUTED_BARRIER in flags.FLAGS:
+        flags.FLAGS[ORBAX_DISTRIBUTED_BARRIER].value = True
 
 
 class PreemptionSignal:

@@ -1,0 +1,128 @@
+"""Multi-process training: train.py over 2 processes x 4 CPU devices equals 1 process x 8 devices.
+
+Both jobs run the same small model (test_train.small_config) for two steps on the same mesh
+(data=2 x fsdp=4), concurrently, and must log the same losses and save the same checkpoint.
+In the 2-process job each process loads half of every batch, collectives cross processes
+(gloo over TCP) and orbax writes one checkpoint from both.
+"""
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from test_train import read_metrics, write_config_file
+from upgpt_jax.distributed import initialize
+from upgpt_jax.train import trainer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NUM_STEPS = 2
+TIMEOUT_S = 600
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(config_file, workdir, devices_per_process, cache_dir, *distributed_flags):
+    """train.py for NUM_STEPS steps on `devices_per_process` fake CPU devices (stdout, stderr to files)."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+           "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, str(REPO / "train.py"), f"--config={config_file}", f"--workdir={workdir}",
+               f"--config.train.num_steps={NUM_STEPS}", "--config.train.log_every=1",
+               "--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.mesh.tensor=1", *distributed_flags]
+    name = pathlib.Path(workdir).name + "".join(flag.split("=")[-1] for flag in distributed_flags[-1:])
+    logs = [open(pathlib.Path(workdir).parent / f"{name}.{stream}", "w+") for stream in ("out", "err")]
+    return subprocess.Popen(command, env=env, cwd=workdir.parent, stdout=logs[0], stderr=logs[1], text=True), logs
+
+
+def finish(jobs):
+    """Wait for every job; on a failure or time-out kill the rest and show every job's output."""
+    failures = []
+    for process, _ in jobs:
+        try:
+            if process.wait(timeout=TIMEOUT_S) != 0:
+                failures.append(f"exit code {process.returncode}")
+        except subprocess.TimeoutExpired:
+            failures.append(f"no exit within {TIMEOUT_S} s")
+            break
+    outputs = []
+    for process, logs in jobs:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for log in logs:
+            log.seek(0)
+            outputs.append(f"--- {log.name} ---\n{log.read()[-4000:]}")
+            log.close()
+    assert not failures, "\n".join(failures + outputs)
+    return outputs
+
+
+def restore_state(checkpoint_dir):
+    """The newest checkpoint's TrainState as a dict of host arrays (read onto this process's device)."""
+    with ocp.CheckpointManager(checkpoint_dir) as manager:
+        path = pathlib.Path(checkpoint_dir) / str(manager.latest_step()) / "state"
+    checkpointer = ocp.StandardCheckpointer()
+    metadata = checkpointer.metadata(path)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                          getattr(metadata, "item_metadata", metadata))
+    return jax.tree.map(np.asarray, checkpointer.restore(path, target))
+
+
+def test_two_processes_train_like_one(tmp_path):
+    config_file = write_config_file(tmp_path)
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    coordinator = f"--coordinator_address=127.0.0.1:{free_port()}"
+    jobs = [launch(config_file, single, 8, tmp_path / "cache_single")]
+    jobs += [launch(config_file, multi, 4, tmp_path / "cache_multi", coordinator, "--num_processes=2",
+                    f"--process_id={index}") for index in range(2)]
+    outputs = finish(jobs)
+
+    done = f"done at step {NUM_STEPS}; last checkpoint: {NUM_STEPS}"
+    stdouts = [text for text in outputs if ".out ---" in text]
+    assert [done in text for text in stdouts] == [True, True, False], "only process 0 reports:\n" + "\n".join(outputs)
+
+    expected, got = read_metrics(single), read_metrics(multi)
+    assert [row["step"] for row in got] == [row["step"] for row in expected] == list(range(1, NUM_STEPS + 1))
+    for row, reference in zip(got, expected):
+        for field in ("loss", "grad_norm", "lr"):
+            assert row[field] == pytest.approx(reference[field], rel=1e-5), (field, row, reference)
+
+    expected_state = restore_state(single / trainer.CHECKPOINT_DIR)
+    got_state = restore_state(multi / trainer.CHECKPOINT_DIR)
+    assert int(got_state["step"]) == int(expected_state["step"]) == NUM_STEPS
+    assert jax.tree.structure(got_state) == jax.tree.structure(expected_state)
+    for name in ("params", "ema_params"):  # relative error over the tree (Adam magnifies ulps of tiny leaves)
+        pairs = list(zip(jax.tree.leaves(got_state[name]), jax.tree.leaves(expected_state[name])))
+        error = max(float(np.max(np.abs(leaf - reference))) for leaf, reference in pairs)
+        scale = max(float(np.max(np.abs(reference))) for _, reference in pairs)
+        assert error / scale <= 1e-5, (name, error, scale)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(coordinator_address="127.0.0.1:1234"), "missing: num_processes, process_id"),
+    (dict(num_processes=2, process_id=0), "missing: coordinator_address"),
+    (dict(coordinator_address="127.0.0.1", num_processes=2, process_id=0), "host:port"),
+    (dict(coordinator_address="127.0.0.1:1234", num_processes=2, process_id=2), r"in \[0, num_processes=2\)"),
+    (dict(coordinator_address="127.0.0.1:1234", num_processes=2, process_id=0, auto_detect=True), "exclude"),
+    (dict(local_device_ids=[0]), "only applies to a multi-process job"),
+])
+def test_incomplete_or_inconsistent_flags_are_refused_before_anything_starts(flags, message):
+    with pytest.raises(ValueError, match=message):
+        initialize(**flags)
+    assert not jax.distributed.is_initialized()
+
+
+def test_a_plain_single_process_initialises_nothing():
+    initialize()
+    assert not jax.distributed.is_initialized()
