@@ -5,7 +5,8 @@ params (UNet + fusion) in float32, their optimizer state and EMA, the frozen VAE
 updated, kept so that a checkpoint alone can decode samples), the RNG and the count of skipped
 (non-finite) steps. Its shardings come from the modules' logical axis names and the config's
 axis rules, so params, EMA and optimizer moments are sharded alike (FSDP when the rules map
-axes to "fsdp").
+axes to "fsdp"). In the VAE stage (config.train.stage = "vae") the autoencoder is the trainable
+part and nothing is frozen.
 """
 from __future__ import annotations
 
@@ -22,35 +23,56 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from upgpt_jax.models.upgpt import UPGPT, example_inputs
+from upgpt_jax.train.optimizer import ema_update
 
 TRAINABLE = ("unet", "fusion")
 FROZEN = ("vae",)
+# (trainable, frozen) parts of each training stage (config.train.stage). The VAE stage trains the
+# autoencoder alone and holds nothing else (the UNet and fusion are neither needed nor initialised).
+STAGE_PARTS = {"diffusion": (TRAINABLE, FROZEN), "vae": (("vae",), ())}
 
 
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array  # int32: train steps taken (skipped ones included)
-    params: Any  # {"unet", "fusion"}, float32 master weights
+    params: Any  # {"unet", "fusion"} ({"vae"} in the VAE stage), float32 master weights
     opt_state: Any
     ema_params: Any
-    frozen_params: Any  # {"vae"}
+    frozen_params: Any  # {"vae"} ({} in the VAE stage)
     rng: jax.Array  # uint32[2] raw key (checkpointable as a plain array)
     skipped: jax.Array  # int32: steps whose update was skipped for a non-finite loss or gradient
 
 
+def stage_parts(stage: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(trainable, frozen) parameter-tree parts of training stage `stage`."""
+    if stage not in STAGE_PARTS:
+        raise ValueError(f"train.stage must be one of {sorted(STAGE_PARTS)}, got {stage!r}")
+    return STAGE_PARTS[stage]
+
+
+def _vae_only(module: UPGPT, images: jax.Array) -> Any:
+    """Touches the autoencoder alone (the VAE stage's `init` method)."""
+    return module.vae(images)
+
+
 def _init_boxed(model: UPGPT, model_config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
-                seed: int, train_seed: int) -> TrainState:
+                seed: int, train_seed: int, stage: str) -> TrainState:
     """The initial state with params still boxed in their logical axis names (optax and the EMA
     copy map through the boxes, so the optimizer moments carry the same names)."""
+    trainable, frozen = stage_parts(stage)
     # "unsafe_rbg" for the init draws: threefry doubles the compile time (see models.upgpt.init_params).
-    variables = model.init(jax.random.key(seed, impl="unsafe_rbg"), **example_inputs(model_config))["params"]
-    params = {name: variables[name] for name in TRAINABLE}
+    key, inputs = jax.random.key(seed, impl="unsafe_rbg"), example_inputs(model_config)
+    if set(trainable + frozen) == {"vae"}:
+        variables = model.init(key, inputs["images"], method=_vae_only)["params"]
+    else:
+        variables = model.init(key, **inputs)["params"]
+    params = {name: variables[name] for name in trainable}
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=optimizer.init(params),
         ema_params=jax.tree.map(jnp.copy, params),
-        frozen_params={name: variables[name] for name in FROZEN},
+        frozen_params={name: variables[name] for name in frozen},
         rng=jax.random.PRNGKey(train_seed),
         skipped=jnp.zeros((), jnp.int32),
     )
@@ -79,7 +101,8 @@ def _divisible(sharding: NamedSharding, leaf: jax.ShapeDtypeStruct) -> NamedShar
 def abstract_state(model: UPGPT, config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
                    mesh: Mesh) -> tuple[TrainState, TrainState]:
     """(shapes of the unboxed state, its shardings) without computing anything."""
-    boxed = jax.eval_shape(lambda: _init_boxed(model, config.model, optimizer, config.seed, config.train.seed))
+    boxed = jax.eval_shape(lambda: _init_boxed(model, config.model, optimizer, config.seed, config.train.seed,
+                                               config.train.stage))
     return nn.unbox(boxed), state_shardings(boxed, mesh, config.axis_rules)
 
 
@@ -87,7 +110,8 @@ def make_init_fn(model: UPGPT, config: ml_collections.ConfigDict, optimizer: opt
                  shardings: TrainState) -> Callable[[], TrainState]:
     """`init() -> TrainState`, jitted to create the state directly in its shards (nothing is
     materialised whole on one device)."""
-    return jax.jit(lambda: nn.unbox(_init_boxed(model, config.model, optimizer, config.seed, config.train.seed)),
+    return jax.jit(lambda: nn.unbox(_init_boxed(model, config.model, optimizer, config.seed, config.train.seed,
+                                                config.train.stage)),
                    out_shardings=shardings)
 
 
@@ -99,3 +123,25 @@ def with_shardings(abstract: TrainState, shardings: TrainState) -> TrainState:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def apply_gradients(state: TrainState, grads: Any, loss: jax.Array, rng: jax.Array,
+                    optimizer: optax.GradientTransformation, ema_decay: float) -> tuple[TrainState, jax.Array, jax.Array]:
+    """The optimizer and EMA update of one step, guarded: a non-finite loss or gradient norm keeps
+    params, optimizer state and EMA as they were and counts the step in `skipped`; the step
+    counter and `rng` (the state's next key) move on either way. Returns (state, finite, grad norm)."""
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = ema_update(state.ema_params, params, ema_decay)
+    keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep_if_bad(params, state.params),
+        opt_state=keep_if_bad(opt_state, state.opt_state),
+        ema_params=keep_if_bad(ema_params, state.ema_params),
+        rng=rng,
+        skipped=state.skipped + (~finite).astype(jnp.int32),
+    )
+    return new_state, finite, grad_norm

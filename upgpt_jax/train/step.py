@@ -23,8 +23,8 @@ from upgpt_jax.models.clip import ClipEncoders, encode_style_images, encode_text
 from upgpt_jax.models.upgpt import UPGPT
 from upgpt_jax.models.vae import DiagonalGaussian
 from upgpt_jax.sharding import batch_sharding
-from upgpt_jax.train.optimizer import current_learning_rate, ema_update
-from upgpt_jax.train.state import TrainState, replicated
+from upgpt_jax.train.optimizer import current_learning_rate
+from upgpt_jax.train.state import TrainState, apply_gradients, replicated
 
 TrainStep = Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
 FEATURE_KEYS = ("latent_moments", "text_embedding", "style_embedding", "person_mask", "style_present", "pose")
@@ -86,20 +86,7 @@ def make_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimizer: 
             return loss
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema_params = ema_update(state.ema_params, params, ema_decay)
-        keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-        new_state = state.replace(
-            step=state.step + 1,
-            params=keep_if_bad(params, state.params),
-            opt_state=keep_if_bad(opt_state, state.opt_state),
-            ema_params=keep_if_bad(ema_params, state.ema_params),
-            rng=rng,
-            skipped=state.skipped + (~finite).astype(jnp.int32),
-        )
+        new_state, finite, grad_norm = apply_gradients(state, grads, loss, rng, optimizer, ema_decay)
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,

@@ -1,0 +1,1 @@
+"""Evaluation metrics (LPIPS) computed in JAX from local weight files."""

@@ -1,0 +1,126 @@
+"""The VAE stage: LDM's KL-autoencoder loss without the discriminator, and its jitted train step.
+
+What LDM computes (ldm/modules/losses/contperceptual.py `LPIPSWithDiscriminator`, generator pass;
+ldm/models/autoencoder.py `AutoencoderKL`), for a batch of B images x in [-1, 1] with C*H*W = N
+elements each, reconstructed from a posterior SAMPLE z ~ q(z|x):
+    rec   = |x - x_rec| + perceptual_weight * LPIPS(x, x_rec)    (per pixel; LPIPS, one number per
+                                                                   example, is added to every pixel)
+    nll   = rec / exp(logvar) + logvar                            (logvar: a scalar, init 0, and not
+                                                                   in the autoencoder's optimizer, so
+                                                                   it stays 0 and nll = rec)
+    loss  = sum(nll) / B + kl_weight * sum(KL) / B               (KL(q || N(0, I)) summed over the
+                                                                   latent elements of each example)
+          + d_weight * disc_factor * g_loss                       (the GAN term: not implemented)
+So LDM SUMS the pixel terms over each example's N elements; kl_weight (1e-6 for kl-f8) is
+relative to that sum. Here the same loss is divided by N, which changes neither its minimiser nor
+Adam's steps (scale-invariant up to eps), and keeps the numbers readable:
+    loss = mean|x - x_rec| + lpips_weight * mean_b LPIPS + kl_weight * mean_b KL / N
+with kl_weight and lpips_weight in LDM's units (config.train.vae). One difference remains: a
+global-norm gradient clip (config.optim.grad_clip_norm) acts on this N-times smaller gradient;
+LDM's autoencoder runs Adam(betas=(0.5, 0.9)) without clipping.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from upgpt_jax.eval.lpips import LPIPS, load_lpips_from_folder, lpips_distance
+from upgpt_jax.models.upgpt import UPGPT
+from upgpt_jax.models.vae import DiagonalGaussian
+from upgpt_jax.sharding import batch_sharding
+from upgpt_jax.train.optimizer import current_learning_rate
+from upgpt_jax.train.state import TrainState, apply_gradients, replicated
+
+VaeTrainStep = Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
+
+
+def _sampled_reconstruction(module: UPGPT, images: jax.Array, rng: jax.Array) -> tuple[jax.Array, DiagonalGaussian]:
+    return module.vae(images, rng, sample_posterior=True)
+
+
+def vae_loss(model: UPGPT, vae_params: Any, images: jax.Array, rng: jax.Array, *, kl_weight: float,
+             lpips_weight: float = 0.0, lpips_params: Any = None,
+             lpips_net: str = "vgg") -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(loss, metrics) of the module doc for images (B, H, W, 3) in [-1, 1].
+
+    The reconstruction decodes z = mean + std * eps with eps = normal(rng, mean.shape) (as LDM,
+    which trains on posterior samples). The LPIPS term (lpips_net on [-1, 1] inputs, as LDM) is
+    added when `lpips_params` are given and `lpips_weight` is non-zero. Metrics: loss, rec_l1
+    (mean |x - x_rec|), kl (KL summed per example, batch mean: LDM's kl_loss), and lpips (batch
+    mean) when used.
+    """
+    reconstruction, posterior = model.apply({"params": {"vae": vae_params}}, images, rng,
+                                            method=_sampled_reconstruction)
+    images, reconstruction = images.astype(jnp.float32), reconstruction.astype(jnp.float32)
+    elements_per_example = math.prod(images.shape[1:])
+    rec_l1 = jnp.mean(jnp.abs(images - reconstruction))
+    kl = jnp.mean(posterior.kl())
+    loss = rec_l1 + kl_weight * kl / elements_per_example
+    metrics = {"rec_l1": rec_l1, "kl": kl}
+    if lpips_params is not None and lpips_weight:
+        perceptual = jnp.mean(lpips_distance(lpips_params, images, reconstruction, net=lpips_net))
+        loss = loss + lpips_weight * perceptual
+        metrics["lpips"] = perceptual
+    metrics["loss"] = loss
+    return loss, metrics
+
+
+def lpips_for_config(vae_settings: ml_collections.ConfigDict) -> tuple[LPIPS, Any] | None:
+    """The LPIPS that config.train.vae asks for: (module, params) read from `lpips_path` (the
+    folder layout of `load_lpips_from_folder`) with `lpips_net`, or None when `lpips_path` is
+    empty or `lpips_weight` is 0 (the loss then has no perceptual term)."""
+    if not vae_settings.lpips_path or not float(vae_settings.lpips_weight):
+        return None
+    return load_lpips_from_folder(vae_settings.lpips_path, vae_settings.lpips_net)
+
+
+def make_vae_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
+                        state_shardings: TrainState, mesh: Mesh,
+                        lpips: tuple[LPIPS, Any] | None = None) -> VaeTrainStep:
+    """`step(state, batch) -> (state, metrics)` for the VAE stage (state.params == {"vae": ...}).
+
+    `batch["image"]` (B, H, W, 3) in [-1, 1] is used (other keys are ignored). `lpips` is what
+    `lpips_for_config` / `upgpt_jax.eval.lpips.load_lpips` return; without it the LPIPS term is left out
+    whatever config.train.vae.lpips_weight says. The LPIPS params are placed on `mesh` once,
+    replicated, and passed to the jitted step as an argument (not baked into it as constants).
+    Jitted with explicit shardings; the input state is donated (do not touch it after the call).
+    As the diffusion step: AdamW, EMA, and the NaN guard of `state.apply_gradients`.
+    """
+    settings = config.train.vae
+    kl_weight = float(settings.kl_weight)
+    lpips_weight = float(settings.lpips_weight) if lpips is not None else 0.0
+    lpips_net, lpips_params = (lpips[0].net, jax.device_put(lpips[1], replicated(mesh))) if lpips else ("vgg", None)
+    ema_decay = float(config.train.ema_decay)
+    grad_accum_steps = int(config.train.grad_accum_steps)
+
+    def step(state: TrainState, images: jax.Array, lpips_params: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng, sample_rng = jax.random.split(state.rng)
+
+        def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+            return vae_loss(model, params["vae"], images, sample_rng, kl_weight=kl_weight,
+                            lpips_weight=lpips_weight, lpips_params=lpips_params, lpips_net=lpips_net)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        new_state, finite, grad_norm = apply_gradients(state, grads, loss, rng, optimizer, ema_decay)
+        metrics.update(
+            grad_norm=grad_norm,
+            lr=current_learning_rate(config.optim, state.opt_state, grad_accum_steps),
+            skipped=new_state.skipped,
+            finite=finite,
+        )
+        return new_state, metrics
+
+    jitted = jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh)),
+        out_shardings=(state_shardings, replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    return lambda state, batch: jitted(state, batch["image"], lpips_params)
