@@ -1,4 +1,5 @@
-"""The diffusion stage's input: records (synthetic in memory, or a prepared TFDS folder) -> pipeline."""
+"""The diffusion stage's input: records (synthetic in memory, or a prepared TFDS folder) -> pipeline,
+or precomputed features (config.data.features_dir, see upgpt_jax.train.precompute)."""
 from __future__ import annotations
 
 import functools
@@ -6,9 +7,10 @@ from typing import Any
 
 import ml_collections
 
+from upgpt_jax.data.features import FeatureSource, check_signature
 from upgpt_jax.data.pipeline import InputPipeline
 from upgpt_jax.data.records import synthetic_pair_record
-from upgpt_jax.data.transforms import pixel_transform_from_config
+from upgpt_jax.data.transforms import FeatureTransform, pixel_transform_from_config
 from upgpt_jax.tokenizer import load_clip_tokenizer
 
 
@@ -53,7 +55,14 @@ def training_source(data_config: ml_collections.ConfigDict, model_config: ml_col
 
 
 def training_pipeline(config: ml_collections.ConfigDict) -> InputPipeline:
-    """This host's pixel batches (image, person_mask, text_ids, styles, style_present, pose)."""
+    """This host's pixel batches (image, person_mask, text_ids, styles, style_present, pose), or with
+    `config.data.features_dir` its feature batches (train.step.FEATURE_KEYS), in the same order."""
+    if config.data.features_dir:
+        features = FeatureSource(config.data.features_dir)
+        check_signature(features.metadata, config, config.data.features_dir)
+        return InputPipeline(features, config.train.batch_size,
+                             FeatureTransform(original_mask_quirk=config.data.original_mask_quirk),
+                             seed=config.train.seed)
     transform = pixel_transform_from_config(config.model, load_clip_tokenizer(),
                                             original_mask_quirk=config.data.original_mask_quirk)
     return InputPipeline(training_source(config.data, config.model), config.train.batch_size, transform,
