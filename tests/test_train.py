@@ -141,7 +141,7 @@ def random_features(config, seed):
     batch, model = config.train.batch_size, config.model
     height, width = (size // 8 for size in model.image_size)
     return {
-        "latent_moments": rng.normal(size=(batch, height, width, 8)).astype(np.float32),
+        "latent_moments": rng.normal(size=(batch, height, width, 2 * model.vae.z_channels)).astype(np.float32),
         "text_embedding": rng.normal(size=(batch, model.clip.max_length, model.fusion.text_dim)).astype(np.float32),
         "style_embedding": rng.normal(size=(batch, model.fusion.num_parts, model.fusion.style_dim)).astype(np.float32),
         "person_mask": np.sign(rng.normal(size=(batch, height, width, 1))).astype(np.float32),

@@ -70,7 +70,7 @@ def _batch(config, batch_size=2, seed=3):
     rng = np.random.default_rng(seed)
     inputs = example_inputs(config.model, batch_size)
     return dict(
-        latents=rng.standard_normal((batch_size, 8, 6, 4)).astype(np.float32),
+        latents=rng.standard_normal((batch_size, 8, 6, config.model.latent_channels)).astype(np.float32),
         person_mask=np.sign(rng.standard_normal((batch_size, 8, 6, 1))).astype(np.float32),
         text=rng.standard_normal(inputs["text"].shape).astype(np.float32),
         style=rng.standard_normal(inputs["style"].shape).astype(np.float32),

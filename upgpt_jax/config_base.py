@@ -140,6 +140,10 @@ def released_config() -> ml_collections.ConfigDict:
         # Every `sample_every` steps (0: never) process 0 writes a grid of samples for fixed
         # validation conditions to DIR/samples/ (and TensorBoard), with the `sampling` settings.
         sample_every=0,
+        num_previews=8,
+        # Start the VAE from a trained one: a VAE-stage workdir (its newest checkpoint's EMA) or a
+        # converted-params folder (python -m upgpt_jax.convert). Empty: initialised from `seed`.
+        init_vae_from="",
         # The VAE stage's loss (LDM's kl-f8 recipe without the discriminator): L1 + kl_weight * KL
         # + lpips_weight * LPIPS, the last only when `lpips_path` names local LPIPS weights.
         vae=ml_collections.ConfigDict(dict(kl_weight=1e-6, lpips_weight=1.0, lpips_path="", lpips_net="vgg")),

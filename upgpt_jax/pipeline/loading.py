@@ -26,10 +26,10 @@ from jax.sharding import Mesh
 
 from upgpt_jax.models.clip import ClipEncoders, clip_from_config
 from upgpt_jax.models.fusion import MultimodalFusion
-from upgpt_jax.models.upgpt import UPGPT, build_model
+from upgpt_jax.models.upgpt import UPGPT, build_model, example_inputs
 from upgpt_jax.sharding import make_mesh
 from upgpt_jax.tokenizer import load_clip_tokenizer
-from upgpt_jax.train.state import replicated, state_shardings
+from upgpt_jax.train.state import replicated, stage_parts, state_shardings
 
 CHECKPOINT_DIR = "checkpoints"  # as upgpt_jax.train.trainer writes it
 WEIGHTS = ("ema", "params")
@@ -51,23 +51,55 @@ class LoadedModel:
 
 def load_from_workdir(workdir: str | os.PathLike, step: int | None = None, weights: str = "ema",
                       devices: list[jax.Device] | None = None) -> LoadedModel:
-    """The model of a training run: checkpoint `step` (default: the newest) with its config."""
+    """The model of a diffusion-stage training run: checkpoint `step` (default: the newest) with its config."""
+    config, step = run_config(workdir, step)
+    if config.train.stage != "diffusion":
+        raise ValueError(f"{workdir} is a {config.train.stage!r}-stage run; sampling needs a diffusion-stage run")
+    model, mesh = _placement(config, devices)
+    params = restore_params(workdir, config, step, weights, mesh)
+    return _assemble(config, model, mesh, params, dict(workdir=str(workdir), step=int(step), weights=weights))
+
+
+def restore_params(workdir: str | os.PathLike, config: ml_collections.ConfigDict, step: int, weights: str = "ema",
+                   mesh: Mesh | None = None) -> dict[str, Any]:
+    """The parameter tree of checkpoint `step` of a run of `config` ({"unet", "fusion", "vae"} for
+    the diffusion stage, {"vae"} for the VAE stage), placed by the config's rules on `mesh`.
+
+    Only the weights are read: the optimizer state (twice the trainable params) stays on disk.
+    """
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
-    config, step = run_config(workdir, step)
-    manager = _manager(workdir)
-    model, mesh, abstract, shardings = _placement(config, devices)
-    trained = "ema_params" if weights == "ema" else "params"
-    # Only the weights are read: the optimizer state (twice the trainable params) stays on disk.
-    wanted = {trained: abstract["trainable"], "frozen_params": abstract["frozen"]}
+    model = build_model(config.model)
+    mesh = mesh or make_mesh(config.mesh, jax.devices())
+    trainable, frozen = stage_parts(config.train.stage)
+    boxed = jax.eval_shape(model.init, jax.random.key(0), **example_inputs(config.model))["params"]
+    groups = {"ema_params" if weights == "ema" else "params": trainable, "frozen_params": frozen}
+    boxed = {group: {name: boxed[name] for name in names} for group, names in groups.items()}
+    shardings = state_shardings(boxed, mesh, config.axis_rules)
     target = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-                          wanted, {trained: shardings["trainable"], "frozen_params": shardings["frozen"]})
+                          nn.unbox(boxed), shardings)
+    manager = _manager(workdir)
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
     manager.close()
-    state = restored["state"]
-    params = {**state[trained], **state["frozen_params"]}
-    return _assemble(config, model, mesh, params, dict(workdir=str(workdir), step=int(step), weights=weights))
+    return {name: tree for group in restored["state"].values() for name, tree in group.items()}
+
+
+def load_vae(path: str | os.PathLike) -> Any:
+    """The VAE params of a training run (its newest checkpoint's EMA; either stage) or of a
+    converted-params folder."""
+    path = pathlib.Path(path)
+    if (path / CHECKPOINT_DIR).is_dir():
+        config, step = run_config(path)
+        return jax.device_get(restore_params(path, config, step, "ema")["vae"])
+    from upgpt_jax.convert.params_io import load_params
+
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: expected a training workdir (with checkpoints/) or converted params")
+    params, _ = load_params(path)
+    if "vae" not in params:
+        raise ValueError(f"{path} holds no VAE weights (it has {sorted(params)})")
+    return params["vae"]
 
 
 def run_config(workdir: str | os.PathLike, step: int | None = None) -> tuple[ml_collections.ConfigDict, int]:
@@ -98,7 +130,7 @@ def load_from_params(params_dir: str | os.PathLike, config: ml_collections.Confi
     initialised (see the module docstring); a missing UNet or VAE is an error."""
     from upgpt_jax.convert.params_io import load_params
 
-    model, mesh, _, _ = _placement(config, devices)
+    model, mesh = _placement(config, devices)
     params, metadata = load_params(params_dir)
     missing = [part for part in ("unet", "vae") if part not in params]
     if missing:
@@ -111,16 +143,8 @@ def load_from_params(params_dir: str | os.PathLike, config: ml_collections.Confi
     return _assemble(config, model, mesh, jax.device_put(params, replicated(mesh)), source)
 
 
-def _placement(config: ml_collections.ConfigDict, devices: list[jax.Device] | None):
-    """(model, mesh, abstract params, their shardings), params grouped as the train state holds them."""
-    from upgpt_jax.models.upgpt import example_inputs
-    from upgpt_jax.train.state import FROZEN, TRAINABLE
-
-    model = build_model(config.model)
-    mesh = make_mesh(config.mesh, devices or jax.devices())
-    boxed = jax.eval_shape(model.init, jax.random.key(0), **example_inputs(config.model))["params"]
-    grouped = {"trainable": {name: boxed[name] for name in TRAINABLE}, "frozen": {name: boxed[name] for name in FROZEN}}
-    return model, mesh, nn.unbox(grouped), state_shardings(grouped, mesh, config.axis_rules)
+def _placement(config: ml_collections.ConfigDict, devices: list[jax.Device] | None) -> tuple[UPGPT, Mesh]:
+    return build_model(config.model), make_mesh(config.mesh, devices or jax.devices())
 
 
 def _fresh_fusion(config: ml_collections.ConfigDict) -> dict[str, Any]:

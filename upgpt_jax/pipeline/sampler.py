@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from upgpt_jax.config_base import STYLE_PARTS
 from upgpt_jax.data.transforms import mask_to_latent, styles_to_clip
+from upgpt_jax.distributed import host_to_global
 from upgpt_jax.diffusion import GUIDANCE_ORDER, NoiseSchedule, guided_eps_fn, sample, sampling_timesteps
 from upgpt_jax.models.clip import encode_style_images, encode_style_texts, encode_text_tokens
 from upgpt_jax.models.upgpt import UPGPT
@@ -104,11 +105,14 @@ class Sampler:
         shards = int(np.prod([loaded.mesh.shape[axis] for axis in ("data", "fsdp")]))
         self.batch_size = -(-settings.batch_size // shards) * shards
         # Built once per Sampler: keep the Sampler to reuse the compiled function.
-        self._run = _jitted_sampler(loaded.model, loaded.clip, loaded.config.diffusion, settings,
+        self._run = jitted_sampler(loaded.model, loaded.clip, loaded.config.diffusion, settings,
                                     batch_sharding(loaded.mesh))
 
-    def __call__(self, people: Sequence[Person], seeds: Sequence[int], progress: bool = False) -> np.ndarray:
-        """uint8 images (N, H, W, 3) for `people`, sample i from noise seed `seeds[i]`."""
+    def __call__(self, people: Sequence[Person], seeds: Sequence[int], progress: bool = False,
+                 params: Any = None) -> np.ndarray:
+        """uint8 images (N, H, W, 3) for `people`, sample i from noise seed `seeds[i]`; `params`
+        replaces the loaded model's weights (e.g. a training run's current EMA)."""
+        params = self.loaded.params if params is None else params
         if len(seeds) != len(people):
             raise ValueError(f"{len(people)} people but {len(seeds)} seeds")
         if not people:
@@ -120,8 +124,8 @@ class Sampler:
             inputs = encode_conditions(self.loaded, people[start:stop])
             inputs["seeds"] = np.asarray(seeds[start:stop], np.uint32)
             padded = {key: _pad(value, self.batch_size) for key, value in inputs.items()}
-            batch = jax.device_put(padded, batch_sharding(self.loaded.mesh))
-            out = self._run(self.loaded.params, self.loaded.clip_params, batch)
+            batch = host_to_global(padded, batch_sharding(self.loaded.mesh))
+            out = self._run(params, self.loaded.clip_params, batch)
             images.append(np.asarray(jax.device_get(out))[: stop - start])
         return np.concatenate(images)
 
@@ -137,7 +141,7 @@ def _pad(value: np.ndarray, size: int) -> np.ndarray:
     return value if missing == 0 else np.concatenate([value, np.repeat(value[-1:], missing, axis=0)])
 
 
-def _jitted_sampler(model: UPGPT, clip: Any, diffusion: ml_collections.ConfigDict, settings: SamplingSettings,
+def jitted_sampler(model: UPGPT, clip: Any, diffusion: ml_collections.ConfigDict, settings: SamplingSettings,
                     data_sharding: NamedSharding) -> Callable[..., jax.Array]:
     """The jitted conditions -> images function of one model and one set of sampling settings."""
     schedule = NoiseSchedule.from_config(diffusion)

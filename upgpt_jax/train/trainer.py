@@ -4,7 +4,9 @@ Resuming is re-running: the same config and `workdir` restore the newest checkpo
 data position) and continue to `config.train.num_steps`. On CPU the losses then equal an
 uninterrupted run's. SIGTERM saves a checkpoint at the step reached and returns normally. After
 `max_consecutive_nan` non-finite losses in a row the loop stops without saving, so the newest
-checkpoint is the last good one. Single process (multi-host launch is not wired in yet).
+checkpoint is the last good one. Multi-process (multi-host) runs take the same path: every process
+calls `train` (see upgpt_jax.distributed), loads its slice of each batch and joins every step and
+checkpoint save; process 0 alone writes the logs.
 """
 from __future__ import annotations
 
@@ -19,21 +21,30 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
 
 from upgpt_jax.data.pipeline import make_global_batch
+from upgpt_jax.distributed import any_process, host_to_global, is_main_process
 from upgpt_jax.models.clip import clip_from_config
-from upgpt_jax.models.upgpt import build_model
+from upgpt_jax.models.upgpt import UPGPT, build_model
+from upgpt_jax.pipeline.loading import load_vae
 from upgpt_jax.sharding import make_mesh
 from upgpt_jax.train.checkpointing import Checkpointer, PreemptionSignal
 from upgpt_jax.train.data import training_pipeline
 from upgpt_jax.train.optimizer import make_optimizer
+from upgpt_jax.train.previews import SamplePreviews
 from upgpt_jax.train.state import TrainState, abstract_state, make_init_fn, replicated, with_shardings
+from upgpt_jax.train.summary import SummaryWriter
+from upgpt_jax.train.vae_step import lpips_for_config, make_vae_train_step
 from upgpt_jax.train.step import TrainStep, make_encode_fn, make_train_step
 
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+# Stage-specific losses logged beside `loss` when a step reports them (the VAE stage's terms).
+EXTRA_METRICS = ("rec_l1", "kl", "lpips")
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -45,11 +56,13 @@ class TrainResult:
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to DIR/metrics.jsonl (process 0 only)."""
+    """Appends one JSON object per logged step to DIR/metrics.jsonl and writes the same scalars (and
+    sample grids) as TensorBoard events to DIR/tensorboard/ (process 0 only)."""
 
     def __init__(self, workdir: pathlib.Path, resume_step: int):
         self.path = workdir / METRICS_FILE
-        self.enabled = jax.process_index() == 0
+        self.enabled = is_main_process()
+        self.tensorboard = SummaryWriter(workdir / TENSORBOARD_DIR, enabled=self.enabled)
         if self.enabled and self.path.exists():  # drop lines an interrupted run logged after its checkpoint
             lines = [line for line in self.path.read_text().splitlines()
                      if line.strip() and json.loads(line)["step"] <= resume_step]
@@ -59,6 +72,10 @@ class MetricsLog:
         if self.enabled:
             with self.path.open("a") as file:
                 file.write(json.dumps(record) + "\n")
+            self.tensorboard.scalars(record["step"], {key: value for key, value in record.items() if key != "step"})
+
+    def close(self) -> None:
+        self.tensorboard.close()
 
 
 # Fields that only steer the loop: runs that differ only in them share compiled functions.
@@ -70,6 +87,8 @@ class Compiled:
     """The model, frozen encoders, mesh and jitted functions of one configuration."""
 
     mesh: Mesh
+    model: UPGPT
+    clip: Any
     clip_params: Any
     optimizer: optax.GradientTransformation
     abstract: TrainState
@@ -98,20 +117,26 @@ def _compiled(config: ml_collections.FrozenConfigDict, devices: tuple[jax.Device
     clip, clip_params = clip_from_config(config.model.clip, seed=config.seed, dtype=jnp.dtype(config.model.dtype))
     optimizer = make_optimizer(config.optim, config.train.grad_accum_steps)
     abstract, shardings = abstract_state(model, config, optimizer, mesh)
+    if config.train.stage == "vae":
+        train_step = make_vae_train_step(model, config, optimizer, shardings, mesh, lpips_for_config(config.train.vae))
+    else:
+        train_step = make_train_step(model, config, optimizer, shardings, mesh)
     return Compiled(
         mesh=mesh,
-        clip_params=jax.device_put(clip_params, replicated(mesh)),
+        model=model,
+        clip=clip,
+        clip_params=host_to_global(clip_params, replicated(mesh)),
         optimizer=optimizer,
         abstract=abstract,
         shardings=shardings,
         init=make_init_fn(model, config, optimizer, shardings),
         encode=make_encode_fn(model, clip, mesh),
-        train_step=make_train_step(model, config, optimizer, shardings, mesh),
+        train_step=train_step,
     )
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> TrainResult:
-    """Train the diffusion stage described by `config` in `workdir` (created or resumed)."""
+    """Train the stage (`config.train.stage`) described by `config` in `workdir` (created or resumed)."""
     started = time.perf_counter()
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -123,26 +148,36 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     pipeline = training_pipeline(config)
     last_checkpoint = checkpointer.latest_step()
     if last_checkpoint is None:
-        state = parts.init()
+        state = initial_state(parts, train_config)
     else:
         state, data_state = checkpointer.restore(last_checkpoint, with_shardings(parts.abstract, parts.shardings))
         pipeline.set_state(data_state)
     start_step = int(state.step)
     metrics_log = MetricsLog(workdir, start_step)
+    previews = None
+    if train_config.sample_every and train_config.stage == "diffusion":
+        previews = SamplePreviews(config, parts.model, parts.clip, parts.clip_params, mesh, workdir)
 
     stop_reason, consecutive_nan = "done", 0
     window_losses, timed_steps, window_start = [], 0, None
     progress = tqdm(total=train_config.num_steps, initial=start_step, desc="train", unit="step",
-                    disable=jax.process_index() != 0, dynamic_ncols=True)
+                    disable=not is_main_process(), dynamic_ncols=True)
     with PreemptionSignal() as preemption, pipeline:
         for step in range(start_step + 1, train_config.num_steps + 1):
-            features = parts.encode(state.frozen_params, parts.clip_params, make_global_batch(next(pipeline), mesh))
+            batch = next(pipeline)
+            if train_config.stage == "vae":  # the autoencoder needs the images alone
+                features = make_global_batch({"image": batch["image"]}, mesh)
+            elif config.data.features_dir:  # the batch holds precomputed features already
+                features = make_global_batch(batch, mesh)
+            else:
+                features = parts.encode(state.frozen_params, parts.clip_params, make_global_batch(batch, mesh))
             state, metrics = parts.train_step(state, features)
             metrics = jax.device_get(metrics)
             if window_start is None:  # img/s is timed from the end of the first (compiling) step
                 window_start = time.perf_counter()
-                tqdm.write(f"first step {step} done {window_start - started:.1f} s after start (set-up, "
-                           f"restore or init, compilation)")
+                if is_main_process():
+                    tqdm.write(f"first step {step} done {window_start - started:.1f} s after start (set-up, "
+                               f"restore or init, compilation)")
             else:
                 timed_steps += 1
             if metrics["finite"]:
@@ -160,23 +195,55 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
                     "grad_norm": float(metrics["grad_norm"]),
                     "skipped": int(metrics["skipped"]),
                     "img_per_s": timed_steps * train_config.batch_size / (now - window_start) if timed_steps else None,
+                    **{key: float(metrics[key]) for key in EXTRA_METRICS if key in metrics},
                 })
                 window_losses, timed_steps, window_start = [], 0, now
+            if previews is not None and (step % train_config.sample_every == 0 or step == train_config.num_steps):
+                grid = previews(step, {**state.ema_params, **state.frozen_params})
+                metrics_log.tensorboard.image(step, "samples", grid)
+                window_start = time.perf_counter()  # sampling time is not training time
             if consecutive_nan >= train_config.max_consecutive_nan:
                 stop_reason = "diverged"
                 break
             # Never checkpoint a non-finite step: the newest checkpoint stays the last good one.
             due = step % train_config.checkpoint_every == 0 or step == train_config.num_steps
-            if (due and metrics["finite"]) or preemption.received:
+            preempted = any_process(preemption.received is not None)  # all processes save, or none
+            if (due and metrics["finite"]) or preempted:
                 checkpointer.save(step, state, pipeline.get_state(), config)
                 last_checkpoint = step
-            if preemption.received:
+            if preempted:
                 stop_reason = "preempted"
                 break
     progress.close()
+    metrics_log.close()
     checkpointer.wait()
     checkpointer.close()
-    if stop_reason == "diverged":
+    if stop_reason == "diverged" and is_main_process():
         tqdm.write(f"stopped: {consecutive_nan} non-finite losses in a row; the last good checkpoint is step "
                    f"{last_checkpoint} in {workdir / CHECKPOINT_DIR}")
     return TrainResult(state=state, stop_reason=stop_reason, last_checkpoint=last_checkpoint)
+
+
+def initial_state(parts: Compiled, train_config: ml_collections.ConfigDict) -> TrainState:
+    """A fresh state; with `train_config.init_vae_from` its VAE weights come from there (checked
+    against this config before anything is initialised): frozen in the diffusion stage, trained
+    (params and EMA) in the VAE stage."""
+    if not train_config.init_vae_from:
+        return parts.init()
+    path = train_config.init_vae_from
+    vae = load_vae(path)
+    group = "frozen_params" if "vae" in parts.abstract.frozen_params else "params"
+    own = getattr(parts.abstract, group)["vae"]
+    if jax.tree.structure(vae) != jax.tree.structure(own) or any(
+            np.shape(a) != b.shape for a, b in zip(jax.tree.leaves(vae), jax.tree.leaves(own))):
+        raise ValueError(f"train.init_vae_from={path}: its VAE does not fit this config's model.vae "
+                         "(different parameter names or shapes)")
+    state = parts.init()
+
+    def place(target: Any) -> Any:
+        return jax.tree.map(host_to_global, vae, target)
+
+    replacements = {group: {**getattr(state, group), "vae": place(getattr(parts.shardings, group)["vae"])}}
+    if group == "params":
+        replacements["ema_params"] = {**state.ema_params, "vae": place(parts.shardings.ema_params["vae"])}
+    return state.replace(**replacements)

@@ -1,0 +1,62 @@
+"""The two training stages end to end: a VAE-stage run, then a diffusion run that starts from its
+VAE, logs to TensorBoard and writes sample grids of its validation conditions."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from upgpt_jax.train import trainer
+from upgpt_jax.train.previews import SAMPLES_DIR
+
+from test_train import small_config  # noqa: E402  (tests/ is on sys.path under pytest)
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("vae")
+    config = small_config(stage="vae", num_steps=3)
+    result = trainer.train(config, workdir)
+    return workdir, result
+
+
+def test_vae_stage_trains_the_autoencoder_alone(vae_run):
+    workdir, result = vae_run
+    assert result.stop_reason == "done" and result.last_checkpoint == 3
+    assert set(result.state.params) == {"vae"} and result.state.frozen_params == {}
+    records = [json.loads(line) for line in (workdir / trainer.METRICS_FILE).read_text().splitlines()]
+    assert [record["step"] for record in records] == [1, 2, 3]
+    for record in records:  # the loss is its terms: L1 + kl_weight * KL (LPIPS off without weights)
+        assert record["rec_l1"] > 0 and record["kl"] > 0
+        assert record["loss"] == pytest.approx(record["rec_l1"] + 1e-6 * record["kl"] / (3 * 64 * 48), rel=1e-4)
+
+
+def test_diffusion_stage_starts_from_the_trained_vae_and_previews(vae_run, tmp_path):
+    vae_workdir, vae_result = vae_run
+    config = small_config(num_steps=2, sample_every=2, num_previews=2, init_vae_from=str(vae_workdir))
+    config.sampling.update(num_steps=2, batch_size=2)
+    result = trainer.train(config, tmp_path)
+    trained_vae = jax.device_get(vae_result.state.ema_params["vae"])
+    used_vae = jax.device_get(result.state.frozen_params["vae"])
+    jax.tree.map(np.testing.assert_array_equal, used_vae, trained_vae)
+
+    grid = tmp_path / SAMPLES_DIR / "step_0000002.png"
+    assert grid.is_file()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / trainer.TENSORBOARD_DIR), size_guidance={"images": 0})
+    events.Reload()
+    assert [event.step for event in events.Scalars("loss")] == [1, 2]
+    logged = json.loads((tmp_path / trainer.METRICS_FILE).read_text().splitlines()[-1])
+    assert events.Scalars("loss")[-1].value == pytest.approx(logged["loss"], rel=1e-6)
+    (image,) = events.Images("samples")
+    assert image.step == 2 and image.height > 0
+
+
+def test_a_vae_that_does_not_fit_is_refused(vae_run, tmp_path):
+    vae_workdir, _ = vae_run
+    config = small_config(num_steps=1, init_vae_from=str(vae_workdir))
+    config.model.vae.channels = 16
+    with pytest.raises(ValueError, match="does not fit this config's model.vae"):
+        trainer.train(config, tmp_path)
