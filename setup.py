@@ -44,9 +44,6 @@ setup(
             "smplx==0.1.28",
             # The independent reader of our TensorFlow-free event files (runs on its TF stub).
             "tensorboard==2.21.0",
-            # The reference LPIPS (its linear heads ship in the wheel; the tests give it a hand-written
-            # VGG/AlexNet trunk, as torchvision's wheels need CUDA torch).
-            "lpips==0.1.4",
         ],
         # Reading PyTorch .ckpt/.bin weights (safetensors needs no torch).
         "convert": ["torch==2.13.0"],

@@ -109,7 +109,7 @@ def test_train_step_flops_match_xla_gradient(tiny_config):
     inputs = example_inputs(model_config)
     params = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), **inputs))["params"]
     batch = {
-        "latents": jax.ShapeDtypeStruct(inputs["person_mask"].shape[:3] + (4,), jnp.float32),
+        "latents": jax.ShapeDtypeStruct(inputs["person_mask"].shape[:3] + (model_config.unet.out_channels,), jnp.float32),
         **{key: jax.ShapeDtypeStruct(inputs[key].shape, jnp.float32) for key in ("person_mask", "text", "style",
                                                                                   "pose")},
     }

@@ -21,7 +21,7 @@ from ml_collections import ConfigDict
 
 from upgpt_jax.train import trainer
 from upgpt_jax.train.checkpointing import Checkpointer
-from upgpt_jax.train.optimizer import current_learning_rate, ema_update, make_optimizer
+from upgpt_jax.train.optimizer import current_learning_rate, ema_decay_at, ema_update, make_optimizer
 from upgpt_jax.train.state import with_shardings
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -130,6 +130,9 @@ def test_optimizer_matches_hand_computed_adamw_with_warmup_and_clipping():
 
     ema = ema_update({"w": np.zeros(3, np.float32)}, {"w": np.ones(3, np.float32)}, decay=0.75)
     np.testing.assert_allclose(ema["w"], 0.25)
+    # LitEma's warm-up: min(decay, (1 + n) / (10 + n)) at update n.
+    np.testing.assert_allclose([float(ema_decay_at(0.9999, n)) for n in (1, 10, 100, 10**6)],
+                               [2 / 11, 11 / 20, 101 / 110, 0.9999], rtol=1e-6)
 
 
 # --- train step -------------------------------------------------------------------------------

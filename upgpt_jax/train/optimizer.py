@@ -56,7 +56,15 @@ def current_learning_rate(optim_config: ml_collections.ConfigDict, opt_state: An
     return learning_rate_schedule(optim_config)(counts[0])
 
 
-def ema_update(ema_params: Any, params: Any, decay: float) -> Any:
+def ema_decay_at(decay: float, num_updates: jax.Array) -> jax.Array:
+    """LDM's LitEma warm-up: min(decay, (1 + n) / (10 + n)) at the n-th update (n >= 1), so that a
+    short run's EMA is not dominated by the initial weights (with a fixed 0.999 they would still be
+    37% of it after 1000 steps)."""
+    num_updates = jnp.asarray(num_updates, jnp.float32)
+    return jnp.minimum(decay, (1.0 + num_updates) / (10.0 + num_updates))
+
+
+def ema_update(ema_params: Any, params: Any, decay: float | jax.Array) -> Any:
     """ema <- decay * ema + (1 - decay) * params, leaf by leaf in float32."""
     return jax.tree.map(lambda ema, new: ema + (1.0 - decay) * (new.astype(ema.dtype) - ema), ema_params, params)
 

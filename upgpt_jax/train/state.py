@@ -23,7 +23,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from upgpt_jax.models.upgpt import UPGPT, example_inputs
-from upgpt_jax.train.optimizer import ema_update
+from upgpt_jax.train.optimizer import ema_decay_at, ema_update
 
 TRAINABLE = ("unet", "fusion")
 FROZEN = ("vae",)
@@ -134,7 +134,7 @@ def apply_gradients(state: TrainState, grads: Any, loss: jax.Array, rng: jax.Arr
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = ema_update(state.ema_params, params, ema_decay)
+    ema_params = ema_update(state.ema_params, params, ema_decay_at(ema_decay, state.step + 1))
     keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     new_state = state.replace(
         step=state.step + 1,
