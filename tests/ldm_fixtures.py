@@ -30,8 +30,8 @@ TOLERANCE = 1e-4
 
 CONFIG_FILE = pathlib.Path(__file__).parent.parent / "configs" / "synthetic_tiny.py"
 # Changes to configs/synthetic_tiny.py (levels with and without attention and resampling): LDM's
-# GroupNorms have 32 groups; two transformer blocks per attention.
-CONFIG_OVERRIDES = {"unet.norm_groups": 32, "vae.norm_groups": 32, "unet.transformer_depth": 2}
+# GroupNorms have 32 groups (so the VAE needs 32 channels); two transformer blocks per attention.
+CONFIG_OVERRIDES = {"unet.norm_groups": 32, "vae.norm_groups": 32, "vae.channels": 32, "unet.transformer_depth": 2}
 
 
 def tiny_model_config() -> ml_collections.ConfigDict:

@@ -142,7 +142,7 @@ def test_missing_ema_buffer_is_named_as_in_the_checkpoint(model_config, weights)
     del checkpoint["model_ema.diffusion_modelout2bias"]
     with pytest.raises(
         WeightConversionError,
-        match=r"unet/conv_out/bias \(4,\), checkpoint key "
+        match=rf"unet/conv_out/bias \({model_config.unet.out_channels},\), checkpoint key "
         r"model_ema.diffusion_modelout2bias",
     ):
         convert_ldm.convert_ldm_state_dict(
