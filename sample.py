@@ -83,17 +83,6 @@ def read_requests(path: str) -> list[dict]:
     return requests
 
 
-def parse_guidance(text: str) -> dict[str, float]:
-    scales = {}
-    for item in text.split(","):
-        name, _, value = item.partition("=")
-        try:
-            scales[name.strip()] = float(value)
-        except ValueError:
-            raise app.UsageError(f"--guidance: {item!r} is not condition=scale") from None
-    return scales
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -108,6 +97,10 @@ def main(argv: list[str]) -> None:
     from upgpt_jax.compilation_cache import enable_compilation_cache
     from upgpt_jax import pipeline
 
+    try:
+        guidance = pipeline.parse_guidance(flags.FLAGS.guidance) if flags.FLAGS.guidance else None
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
     enable_compilation_cache()
     requests = read_requests(flags.FLAGS.requests) if flags.FLAGS.requests else [single_request()]
     try:  # every request is checked before the weights are read or anything is compiled
@@ -120,7 +113,6 @@ def main(argv: list[str]) -> None:
         loaded = pipeline.load_from_workdir(flags.FLAGS.workdir, flags.FLAGS.step, flags.FLAGS.weights)
     else:
         loaded = pipeline.load_from_params(flags.FLAGS.params, flags.FLAGS.config)
-    guidance = parse_guidance(flags.FLAGS.guidance) if flags.FLAGS.guidance else None
     if flags.FLAGS.released_no_guidance:
         guidance = {name: 1.0 for name in loaded.config.sampling.guidance}
     settings = pipeline.SamplingSettings.from_config(

@@ -44,6 +44,10 @@ setup(
             "smplx==0.1.28",
             # The independent reader of our TensorFlow-free event files (runs on its TF stub).
             "tensorboard==2.21.0",
+            # Independent references of the evaluation metrics (SSIM/PSNR/CIELAB; the original
+            # evaluation's SSIM and MS-SSIM).
+            "scikit-image==0.26.0",
+            "pytorch-msssim==1.0.0",
         ],
         # Reading PyTorch .ckpt/.bin weights (safetensors needs no torch).
         "convert": ["torch==2.13.0"],

@@ -95,17 +95,17 @@ def _relative_error(ours, reference):
     return float(jnp.max(jnp.abs(ours - reference)) / jnp.max(jnp.abs(reference)))
 
 
-def _guided_step(micro_model, inputs, scales):
+def _guided_step(micro_model, inputs, scales, dropped=()):
     """One guided noise prediction as the sampler makes it, with the contexts built in the same trace."""
     model, _ = micro_model
     conditions, person_mask, _, _ = inputs
-    return lambda params, x, t: guided_eps_fn(model, params, person_mask, conditions, scales)(x, t)
+    return lambda params, x, t: guided_eps_fn(model, params, person_mask, conditions, scales, dropped)(x, t)
 
 
-def _guided(micro_model, inputs, scales):
+def _guided(micro_model, inputs, scales, dropped=()):
     _, params = micro_model
     _, _, x, timesteps = inputs
-    return jax.jit(_guided_step(micro_model, inputs, scales))(params, x, timesteps)
+    return jax.jit(_guided_step(micro_model, inputs, scales, dropped))(params, x, timesteps)
 
 
 def _unet_batch_sizes(micro_model, inputs, scales):
@@ -147,6 +147,24 @@ def test_distinct_scales_chain_pose_style_text(micro_model, inputs, branch_eps):
     expected = (e[NOTHING] + 2.0 * (e[POSE] - e[NOTHING]) + 1.5 * (e[POSE_STYLE] - e[POSE])
                 + 4.0 * (e[ALL] - e[POSE_STYLE]))
     assert _relative_error(_guided(micro_model, inputs, scales), expected) < 1e-5
+
+
+def test_dropped_conditions_are_null_in_every_branch(micro_model, inputs, branch_eps):
+    """Ablation: with text dropped and no extra guidance the prediction is e(pose, style); with
+    style dropped under CFG on text, both branches lose the style: e(pose) + s (e(pose, text) - e(pose))
+    (e(pose, text) computed here with its own drop masks)."""
+    model, params = micro_model
+    conditions, person_mask, x, timesteps = inputs
+    branches, _ = branch_eps
+    text_dropped = _guided(micro_model, inputs, dict(pose=1.0, style=1.0, text=1.0), dropped=("text",))
+    assert _relative_error(text_dropped, branches[POSE_STYLE]) < 1e-5
+    context = model.apply({"params": params}, **conditions, drop_text=jnp.zeros((BATCH,), bool),
+                          drop_style=jnp.ones((BATCH,), bool), drop_pose=jnp.zeros((BATCH,), bool), method="context")
+    pose_text = model.apply({"params": params}, x, person_mask, timesteps, context, method="denoise")
+    style_dropped = _guided(micro_model, inputs, dict(pose=1.0, style=1.0, text=3.0), dropped=("style",))
+    assert _relative_error(style_dropped, branches[POSE] + 3.0 * (pose_text - branches[POSE])) < 1e-5
+    with pytest.raises(ValueError, match="cannot drop \\['shape'\\]"):
+        guided_eps_fn(model, params, person_mask, conditions, {}, dropped=("shape",))
 
 
 def test_missing_or_unknown_conditions_are_named(micro_model, inputs):

@@ -11,7 +11,8 @@ all scales 1 costs one UNet call per step and all scales equal (classic CFG) two
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -46,20 +47,24 @@ def guidance_branches(scales: Mapping[str, float]) -> list[tuple[frozenset[str],
 
 
 def guided_eps_fn(model: "UPGPT", params: Any, person_mask: jax.Array, conditions: Mapping[str, jax.Array],
-                  scales: Mapping[str, float]) -> EpsFn:
+                  scales: Mapping[str, float], dropped: Collection[str] = ()) -> EpsFn:
     """An `EpsFn` for `samplers.sample`: the guided noise prediction of `model` (UPGPT).
 
     `params` is the full UPGPT tree {"unet", "vae", "fusion"}; `person_mask` is (B, h, w, 1);
     `conditions` holds "text" (B, T, D), "style" (B, P, D), "pose" (B, 85) and optionally
     "style_present" (B, P). The branch contexts do not depend on t, so they are built here, once,
     in one batched fusion call; each step then runs the UNet once on all branches stacked along
-    the batch and sums them with the branch weights (in float32).
+    the batch and sums them with the branch weights (in float32). Conditions in `dropped` are
+    replaced by their null embeddings in every branch (the evaluation's ablations).
     """
     missing = [name for name in _CONDITION_INPUTS if name not in conditions]
     unknown = sorted(set(conditions) - set(_CONDITION_INPUTS) - set(_OPTIONAL_INPUTS))
     if missing or unknown:
         raise ValueError(f"conditions must hold {list(_CONDITION_INPUTS)} and optionally "
                          f"{list(_OPTIONAL_INPUTS)}; missing {missing}, unknown {unknown}")
+    unknown_dropped = sorted(set(dropped) - set(GUIDANCE_ORDER))
+    if unknown_dropped:
+        raise ValueError(f"cannot drop {unknown_dropped}; the conditions are {list(GUIDANCE_ORDER)}")
     branches = guidance_branches(scales)
     num_branches = len(branches)
     batch_size = conditions["pose"].shape[0]
@@ -67,7 +72,7 @@ def guided_eps_fn(model: "UPGPT", params: Any, person_mask: jax.Array, condition
     def stacked(value: jax.Array) -> jax.Array:
         return jnp.concatenate([value] * num_branches, axis=0)
 
-    drops = {f"drop_{name}": jnp.repeat(jnp.array([name not in kept for kept, _ in branches]), batch_size)
+    drops = {f"drop_{name}": jnp.repeat(jnp.array([name not in kept or name in dropped for kept, _ in branches]), batch_size)
              for name in GUIDANCE_ORDER}
     inputs = {name: stacked(value) for name, value in conditions.items()}
     context = model.apply({"params": params}, inputs.pop("text"), inputs.pop("style"), inputs.pop("pose"),

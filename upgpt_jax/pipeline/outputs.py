@@ -2,6 +2,7 @@
 interpolations the frames as an animated GIF (and an MP4 when imageio with ffmpeg is installed)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -63,7 +64,7 @@ def write_job(out_dir: str | pathlib.Path, job: Job, images: np.ndarray, metadat
     record = dict(metadata, task=job.task, name=job.name, request=job.request, files=files, samples=[
         dict(file=file, seed=seed, label=label, conditions=person.describe())
         for file, seed, label, person in zip(files, job.seeds, job.labels, job.people)])
-    (folder / "samples.json").write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
+    (folder / "samples.json").write_text(json.dumps(record, indent=2, default=jsonable) + "\n")
     if job.task == "interpolate":
         write_animation(folder / "animation", images)
     return folder
@@ -75,19 +76,21 @@ def write_animation(stem: pathlib.Path, frames: np.ndarray, fps: int = 8) -> lis
     pil = [Image.fromarray(frame) for frame in sequence]
     written = [stem.with_suffix(".gif")]
     pil[0].save(written[0], save_all=True, append_images=pil[1:], duration=int(1000 / fps), loop=0)
-    try:
-        import imageio.v2 as imageio  # optional: pip install imageio imageio-ffmpeg
+    if importlib.util.find_spec("imageio") is None or importlib.util.find_spec("imageio_ffmpeg") is None:
+        return written  # optional: pip install imageio imageio-ffmpeg
+    import imageio.v2 as imageio
 
-        with imageio.get_writer(stem.with_suffix(".mp4"), fps=fps, macro_block_size=1) as writer:
-            for frame in sequence:
-                writer.append_data(frame)
-        written.append(stem.with_suffix(".mp4"))
-    except (ImportError, RuntimeError, ValueError):  # no imageio, or no ffmpeg backend
-        stem.with_suffix(".mp4").unlink(missing_ok=True)
+    # The format is named: with tifffile installed (scikit-image pulls it in) imageio's own
+    # choice by extension can land on a writer that takes no fps.
+    with imageio.get_writer(stem.with_suffix(".mp4"), format="FFMPEG", fps=fps, macro_block_size=1) as writer:
+        for frame in sequence:
+            writer.append_data(frame)
+    written.append(stem.with_suffix(".mp4"))
     return written
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """json.dumps default: numpy arrays and scalars as Python values, anything else as its str."""
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, (np.integer, np.floating, np.bool_)):

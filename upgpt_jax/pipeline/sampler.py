@@ -39,6 +39,7 @@ class SamplingSettings:
     eta: float = 0.0
     guidance: tuple[tuple[str, float], ...] = (("pose", 1.0), ("style", 1.0), ("text", 1.0))
     batch_size: int = 8
+    dropped: tuple[str, ...] = ()  # conditions replaced by their null embeddings (ablations)
 
     @classmethod
     def from_config(cls, sampling: ml_collections.ConfigDict, **overrides: Any) -> SamplingSettings:
@@ -49,6 +50,18 @@ class SamplingSettings:
         if isinstance(values["guidance"], Mapping):
             values["guidance"] = tuple(sorted((k, float(v)) for k, v in values["guidance"].items()))
         return cls(**values)
+
+
+def parse_guidance(text: str) -> dict[str, float]:
+    """'pose=1,style=2,text=3' -> {"pose": 1.0, "style": 2.0, "text": 3.0} (the CLIs' --guidance)."""
+    scales = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            scales[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--guidance: {item!r} is not condition=scale") from None
+    return scales
 
 
 def encode_conditions(loaded: LoadedModel, people: Sequence[Person]) -> dict[str, np.ndarray]:
@@ -156,7 +169,7 @@ def jitted_sampler(model: UPGPT, clip: Any, diffusion: ml_collections.ConfigDict
         mask = batch["person_mask"]
         latent_shape = mask.shape[1:3] + (model.unet_config["out_channels"],)
         noise = jax.vmap(lambda seed: jax.random.normal(jax.random.key(seed), latent_shape))(batch["seeds"])
-        eps_fn = guided_eps_fn(model, params, mask, conditions, scales)
+        eps_fn = guided_eps_fn(model, params, mask, conditions, scales, settings.dropped)
         rng = jax.random.key(batch["seeds"][0])  # stochastic samplers' per-step noise
         latents = sample(eps_fn, schedule, noise, rng, method=settings.method, num_steps=settings.num_steps,
                          eta=settings.eta)

@@ -1,0 +1,43 @@
+"""An EvalResult -> a printed table, OUT/metrics.json and OUT/worst.png (the worst cases, labelled)."""
+from __future__ import annotations
+
+import json
+import pathlib
+import numpy as np
+from PIL import Image
+
+from upgpt_jax.eval.protocols import EvalResult
+from upgpt_jax.pipeline.outputs import image_grid, jsonable
+
+
+def format_table(result: EvalResult) -> str:
+    """Two aligned columns, metric and value, in the protocol's order."""
+    width = max([len("metric")] + [len(name) for name in result.metrics])
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 9}"]
+    lines += [f"{name:<{width}}  {_format_value(value)}" for name, value in result.metrics.items()]
+    return "\n".join(lines)
+
+
+def _format_value(value: float) -> str:
+    return f"{value:.4f}" if isinstance(value, float) and abs(value) < 1e4 else str(value)
+
+
+def write_report(result: EvalResult, out_dir: str | pathlib.Path) -> dict[str, pathlib.Path]:
+    """Write metrics.json (metrics, per-example values, details) and worst.png; return their paths."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"json": out / "metrics.json"}
+    record = {"protocol": result.protocol, "metrics": result.metrics, "details": result.details,
+              "per_example": result.per_example}
+    written["json"].write_text(json.dumps(record, indent=2, default=jsonable) + "\n")
+    if result.worst:
+        columns = max(len(images) for _, images in result.worst)
+        cells, labels = [], []
+        for label, images in result.worst:
+            blank = np.full_like(images[0], 255)
+            cells += list(images) + [blank] * (columns - len(images))
+            labels += [label] + [""] * (columns - 1)
+        written["worst"] = out / "worst.png"
+        Image.fromarray(image_grid(cells, labels, columns)).save(written["worst"])
+    return written
+
