@@ -5,8 +5,11 @@ text/vision, concat fusion), tiny widths and a tiny random CLIP, so it trains on
 two stages (the README's main job runs both, then samples):
   python train.py --config configs/synthetic_tiny.py:vae --workdir /tmp/w/vae
   python train.py --config configs/synthetic_tiny.py --workdir /tmp/w/diffusion --config.train.init_vae_from=/tmp/w/vae
-The VAE keeps 8 latent channels (not SD's 4) at f=8: at 64x48 the 6x8 latent is small, and the
-wider latent reconstructs the small people visibly better for the same training time.
+The VAE downsamples by 4, not SD's 8: at 64x48 an f=8 latent (8x6) keeps the silhouette but loses
+the garments' colours in the few minutes the main job trains it (L1 0.10 after 600 steps vs 0.075
+at f=4, 16x12x4), and the diffusion model learns the f=4 latents much faster (loss 0.12 vs 0.45
+at step 250). `scale_by_std` measures the latent scale of that VAE (LDM's option): SD's 0.18215
+would leave its latents at std ~0.6, noisier at every timestep than the schedule intends.
 """
 import ml_collections
 
@@ -17,15 +20,16 @@ def get_config(stage: str = "diffusion") -> ml_collections.ConfigDict:
     """`stage` "diffusion" (the default) or "vae" (`--config configs/synthetic_tiny.py:vae`)."""
     config = released_config()
     model = config.model
-    model.image_size = (64, 48)  # -> 8x6 latents.
-    model.latent_channels = 8
-    model.unet.update(in_channels=9, out_channels=8, channels=32, channel_mult=(1, 2, 2), attention_levels=(1, 2),
+    model.image_size = (64, 48)  # -> 16x12 latents.
+    model.latent_channels = 4
+    model.scale_by_std = True
+    model.unet.update(in_channels=5, out_channels=4, channels=32, channel_mult=(1, 2, 2), attention_levels=(1, 2),
                       num_heads=4, context_dim=64, norm_groups=8)
-    model.vae.update(channels=16, channel_mult=(1, 2, 2, 2), num_res_blocks=1, z_channels=8, norm_groups=8)
+    model.vae.update(channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, z_channels=4, norm_groups=8)
     model.clip.update(text_width=64, text_layers=2, text_heads=4, vision_width=64, vision_layers=2,
                       vision_heads=4, image_size=32, patch_size=8, projection_dim=64)
     model.fusion.update(text_dim=64, style_dim=64, context_dim=64, learned_heads=4)
-    config.optim.update(learning_rate=2e-4, warmup_steps=100)
+    config.optim.update(learning_rate=5e-4, warmup_steps=100)
     config.train.update(batch_size=8, num_steps=1000, log_every=50, checkpoint_every=250, ema_decay=0.999)
     config.data.num_examples = 512
     if stage == "vae":

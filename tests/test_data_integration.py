@@ -43,12 +43,13 @@ def test_built_dataset_through_the_input_pipeline(source, tiny_config):
     transform = pixel_transform_from_config(tiny_config.model, tokenizer, include_source_image=True)
     pipeline = InputPipeline(source, BATCH_SIZE, transform, seed=3, num_epochs=1, process_index=0, process_count=1)
     clip_size = tiny_config.model.clip.image_size
+    downsample = 2 ** (len(tiny_config.model.vae.channel_mult) - 1)
     seen = []
     for indices, batch in _batches_with_indices(pipeline):
         assert {name: (value.shape, value.dtype) for name, value in batch.items()} == {
             "image": ((BATCH_SIZE, 64, 48, 3), np.float32),
             "source_image": ((BATCH_SIZE, 64, 48, 3), np.float32),
-            "person_mask": ((BATCH_SIZE, 8, 6, 1), np.float32),
+            "person_mask": ((BATCH_SIZE, 64 // downsample, 48 // downsample, 1), np.float32),
             "text_ids": ((BATCH_SIZE, 77), np.int32),
             "styles": ((BATCH_SIZE, 9, clip_size, clip_size, 3), np.float32),
             "style_present": ((BATCH_SIZE, 9), np.bool_),

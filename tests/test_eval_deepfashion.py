@@ -4,14 +4,18 @@ References: pytorch_msssim 1.0.0 (what the original's scripts/eval_metrics.py ca
 package with random VGG weights (test_lpips.py), FID through scipy's SVD (tr sqrt(S1 S2) is the
 nuclear norm of Xc1^T Xc2 / (n - 1) for centred feature matrices: exact for the singular covariances
 of a few images), KID through a hand-written unbiased MMD, torch's float ops for the original's
-pixel round trip. The Inception runs without its 299x299 resize on 80x76 crops (its resize is
-checked in test_fid.py), so the random network stays cheap. Protocol runs use the shared
-DeepFashion samples in the original layout (tests/deepfashion_fixture.py).
+pixel round trip. FID/KID take a small random Flax feature network in place of the FID Inception
+(checked against torch-fidelity in test_fid.py): what is tested here is which features of which
+crops reach the statistics, and 2048-d covariances would cost half a minute of eigendecompositions.
+Protocol runs use the shared DeepFashion samples in the original layout (tests/deepfashion_fixture.py).
 """
 from __future__ import annotations
 
 import csv
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
@@ -22,11 +26,9 @@ from pytorch_msssim import ssim as torch_ssim
 
 from deepfashion_fixture import make_manual_dir, sample_paths
 from references import nchw
-from test_fid import hand_written_unbiased_mmd2, random_state_dict
+from test_fid import hand_written_unbiased_mmd2
 from test_lpips import reference_lpips, save_lpips_folder
-from upgpt_jax.convert.torch_params import torch_to_flax_params
 from upgpt_jax.eval.folders import center_crop, center_crop_offsets, evaluate_folders
-from upgpt_jax.eval.inception import FIDInceptionV3, expected_params, inception_features
 from upgpt_jax.eval.protocols import PROTOCOLS, EvalOptions, ProtocolError
 from upgpt_jax.eval.protocols.deepfashion import original_name, original_pixels
 
@@ -92,6 +94,15 @@ def test_ssim_and_ms_ssim_match_pytorch_msssim(tmp_path):
     assert "lpips" not in result.metrics and "fid" not in result.metrics
 
 
+class SmallFeatures(nn.Module):
+    """A random stand-in for the FID Inception: (B, H, W, 3) in [0, 1] -> (B, 32)."""
+
+    @nn.compact
+    def __call__(self, images):
+        x = nn.relu(nn.Conv(16, (5, 5), strides=(2, 2))(images))
+        return nn.Dense(32)(jnp.concatenate([x.mean(axis=(1, 2)), x.max(axis=(1, 2))], axis=-1))
+
+
 def reference_fid(features1, features2):
     centred1, centred2 = features1 - features1.mean(0), features2 - features2.mean(0)
     n = len(features1)
@@ -106,10 +117,8 @@ def test_lpips_fid_and_kid_match_references(tmp_path):
     write_images(tmp_path / "samples", samples, ".png")  # names match across extensions
     reference = reference_lpips("vgg", seed=2)
     lpips_dir = save_lpips_folder(reference, "vgg", tmp_path / "lpips")
-    module = FIDInceptionV3(resize_input=False)
-    state = {key: value for key, value in random_state_dict(seed=3).items()
-             if not key.startswith("fc.") and not key.endswith("num_batches_tracked")}
-    params = torch_to_flax_params(state, expected_params(module), source="random FID Inception")
+    module = SmallFeatures()
+    params = module.init(jax.random.key(3), jnp.zeros((1, 80, 76, 3)))["params"]
     crop = (80, 76)
     result = evaluate_folders(tmp_path / "gt", tmp_path / "samples", crop, lpips=lpips_dir,
                               inception=(module, params), batch_size=2)
@@ -122,8 +131,8 @@ def test_lpips_fid_and_kid_match_references(tmp_path):
     np.testing.assert_allclose(result.per_image["lpips_original_quirk"], quirk, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(result.per_image["lpips"], correct, rtol=1e-4, atol=1e-6)
     assert np.abs(quirk - correct).min() > 1e-3  # the two scalings differ
-    truth_features = np.asarray(inception_features(module, params, unit_truths), np.float64)
-    sample_features = np.asarray(inception_features(module, params, unit_samples), np.float64)
+    truth_features = np.asarray(module.apply({"params": params}, unit_truths), np.float64)
+    sample_features = np.asarray(module.apply({"params": params}, unit_samples), np.float64)
     expected_fid = reference_fid(truth_features, sample_features)
     assert result.metrics["fid"] == pytest.approx(expected_fid, rel=1e-3)
     assert expected_fid > 1e-3
@@ -148,6 +157,8 @@ def test_folder_errors_name_the_files(tmp_path):
         evaluate_folders(tmp_path / "gt", tmp_path / "samples", (16, 16))
     with pytest.raises(ProtocolError, match=r"image_0.png: cannot centre-crop a 24x20 image to 32x16"):
         evaluate_folders(tmp_path / "gt", tmp_path / "samples", (32, 16), names=["image_0"])
+    with pytest.raises(ProtocolError, match=r"--lpips_dir .*gt: .*vgg16.safetensors"):  # weights not there
+        evaluate_folders(tmp_path / "gt", tmp_path / "samples", (16, 16), lpips=tmp_path / "gt", names=["image_0"])
     with pytest.raises(ProtocolError, match="nowhere: not a directory"):
         evaluate_folders(tmp_path / "nowhere", tmp_path / "samples")
 
@@ -231,6 +242,8 @@ def test_protocol_input_errors(manual_dir, tmp_path):
     with pytest.raises(ProtocolError, match=r"samples lacks 2 of the 2 images in .*gt: fashionWOMEN"):
         protocol(EvalOptions(out_dir=str(tmp_path / "out"), data_dir=str(manual_dir),
                              samples_dir=str(tmp_path / "samples")))
+    with pytest.raises(ProtocolError, match="--lpips_dir"):  # before any sampling
+        protocol(EvalOptions(out_dir=str(tmp_path / "out"), data_dir=str(manual_dir), lpips_dir=str(tmp_path)))
     with pytest.raises(ProtocolError, match="give --workdir"):
         protocol(EvalOptions(out_dir=str(tmp_path / "out"), data_dir=str(manual_dir)))
 
@@ -240,7 +253,7 @@ def test_protocol_generates_with_the_tiny_model(manual_dir, tmp_path, tiny_confi
 
     save_params(tmp_path / "params", tiny_model[1], {"source": "random test weights"})
     options = EvalOptions(out_dir=str(tmp_path / "out"), params_dir=str(tmp_path / "params"), config=tiny_config,
-                          data_dir=str(manual_dir), sampling={"num_steps": 2, "batch_size": 2}, seed=3)
+                          data_dir=str(manual_dir), sampling={"num_steps": 2}, batch_size=2, seed=3)
     result = PROTOCOLS["upgpt_pose_transfer"](options)
     names = [original_name(*row) for row in pair_rows(manual_dir, "upgpt_pose_transfer")]
     height, width = tiny_config.model.image_size

@@ -157,7 +157,9 @@ def test_mesh_shape_fills_the_auto_axis_and_rejects_bad_sizes():
 # -- transforms --------------------------------------------------------------------------------------
 def test_pixel_transform_matches_the_references(records, tokenizer, tiny_config):
     transform = pixel_transform_from_config(tiny_config.model, tokenizer, include_source_image=True)
-    assert transform.latent_size == (8, 6) and transform.clip_image_size == tiny_config.model.clip.image_size
+    downsample = 2 ** (len(tiny_config.model.vae.channel_mult) - 1)
+    latent_size = (64 // downsample, 48 // downsample)
+    assert transform.latent_size == latent_size and transform.clip_image_size == tiny_config.model.clip.image_size
     batch = transform(records)
     count = len(records)
 
@@ -178,7 +180,7 @@ def test_pixel_transform_matches_the_references(records, tokenizer, tiny_config)
     assert batch["style_present"].dtype == np.bool_
     np.testing.assert_array_equal(batch["pose"], np.stack([r["smpl"] for r in records]))
     assert batch["pose"].dtype == np.float32 and batch["pose"].shape == (count, 85)
-    assert batch["person_mask"].shape == (count, 8, 6, 1)
+    assert batch["person_mask"].shape == (count, *latent_size, 1)
 
 
 def test_long_texts_are_truncated_to_77_tokens_ending_with_eos(records, tokenizer):

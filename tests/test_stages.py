@@ -6,7 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from upgpt_jax.train import trainer
+from upgpt_jax.models.upgpt import UPGPT, build_model
+from upgpt_jax.pipeline.loading import run_config
+from upgpt_jax.train import latent_scale, trainer
+from upgpt_jax.train.data import training_pipeline
 from upgpt_jax.train.previews import SAMPLES_DIR
 
 from test_train import small_config  # noqa: E402  (tests/ is on sys.path under pytest)
@@ -31,14 +34,23 @@ def test_vae_stage_trains_the_autoencoder_alone(vae_run):
         assert record["loss"] == pytest.approx(record["rec_l1"] + 1e-6 * record["kl"] / (3 * 64 * 48), rel=1e-4)
 
 
-def test_diffusion_stage_starts_from_the_trained_vae_and_previews(vae_run, tmp_path):
+def test_diffusion_stage_starts_from_the_trained_vae_and_previews(vae_run, tmp_path, monkeypatch):
     vae_workdir, vae_result = vae_run
     config = small_config(num_steps=2, sample_every=2, num_previews=2, init_vae_from=str(vae_workdir))
     config.sampling.update(num_steps=2, batch_size=2)
+    config.model.scale_by_std = True
     result = trainer.train(config, tmp_path)
     trained_vae = jax.device_get(vae_result.state.ema_params["vae"])
     used_vae = jax.device_get(result.state.frozen_params["vae"])
     jax.tree.map(np.testing.assert_array_equal, used_vae, trained_vae)
+
+    # scale_by_std: 1 / std of the first batch's latent means under the trained VAE, kept in the run's config.
+    with training_pipeline(config) as pipeline:
+        images = next(pipeline)["image"]
+    means = build_model(config.model).apply({"params": {"vae": trained_vae}}, images, method=UPGPT.posterior).mean
+    expected = 1.0 / np.std(np.asarray(means, np.float64))
+    measured = run_config(tmp_path)[0].model.scale_factor
+    assert measured == pytest.approx(expected, rel=1e-4)
 
     grid = tmp_path / SAMPLES_DIR / "step_0000002.png"
     assert grid.is_file()
@@ -52,6 +64,16 @@ def test_diffusion_stage_starts_from_the_trained_vae_and_previews(vae_run, tmp_p
     assert events.Scalars("loss")[-1].value == pytest.approx(logged["loss"], rel=1e-6)
     (image,) = events.Images("samples")
     assert image.step == 2 and image.height > 0
+
+    config.train.num_steps = 3  # a resumed run reads the scale back, it does not measure again
+
+    def measure_again(*args):
+        raise AssertionError("a resumed run measured the scale again")
+
+    monkeypatch.setattr(latent_scale, "measure_scale_factor", measure_again)
+    trainer.train(config, tmp_path)
+    resumed, step = run_config(tmp_path)
+    assert step == 3 and resumed.model.scale_factor == measured
 
 
 def test_a_vae_that_does_not_fit_is_refused(vae_run, tmp_path):

@@ -43,6 +43,7 @@ def released_config() -> ml_collections.ConfigDict:
     c.model.image_size = (256, 192)  # (height, width) of the RGB images.
     c.model.latent_channels = 4
     c.model.scale_factor = 0.18215  # Latents are scaled to ~unit variance before diffusion.
+    c.model.scale_by_std = False  # True: the diffusion stage measures scale_factor (train/latent_scale.py).
     c.model.dtype = "float32"  # Compute dtype; "bfloat16" for fast training.
     c.model.param_dtype = "float32"  # Master weights stay fp32.
 

@@ -32,7 +32,7 @@ from PIL import Image
 
 from upgpt_jax.eval.fid import FeatureStatistics, frechet_distance, kernel_inception_distance
 from upgpt_jax.eval.image_metrics import ms_ssim, ssim
-from upgpt_jax.eval.inception import FEATURE_DIM, inception_features, load_fid_inception
+from upgpt_jax.eval.inception import inception_features, load_fid_inception
 from upgpt_jax.eval.lpips import load_lpips_from_folder
 from upgpt_jax.eval.protocols import ProtocolError
 
@@ -102,7 +102,8 @@ def match_files(gt_dir: str | os.PathLike, sample_dir: str | os.PathLike,
     for folder, found, other in ((gt_dir, truths, "wanted"), (sample_dir, samples, f"in {gt_dir}")):
         missing = [name for name in wanted if name not in found]
         if missing:
-            raise ProtocolError(f"{folder} lacks {len(missing)} of the {len(wanted)} images {other}: {_listing(missing)}")
+            raise ProtocolError(f"{folder} lacks {len(missing)} of the {len(wanted)} images {other}: "
+                                f"{_listing(missing)}")
     if names is None:
         extra = sorted(set(samples) - set(truths))
         if extra:
@@ -146,7 +147,22 @@ def _load(spec: WeightsSpec, loader: Any, what: str, flag: str, notes: dict[str,
     if spec is None:
         notes[key] = f"skipped: no {what} weights given ({flag}); nothing is downloaded"
         return None
-    return tuple(spec) if isinstance(spec, (tuple, list)) else loader(spec)
+    if isinstance(spec, (tuple, list)):
+        return tuple(spec)
+    try:
+        return loader(spec)
+    except (OSError, ValueError) as error:  # missing file, wrong tensors: the loaders name the file
+        raise ProtocolError(f"{flag} {spec}: {error}") from None
+
+
+def load_metric_networks(lpips: WeightsSpec, inception: WeightsSpec) -> tuple[Any, Any, dict[str, str]]:
+    """((LPIPS module, params) or None, (Inception module, params) or None, skip notes). Loaded
+    pairs pass through; protocols call this before sampling so that a bad path fails early."""
+    notes: dict[str, str] = {}
+    lpips_net = _load(lpips, lambda folder: load_lpips_from_folder(folder, LPIPS_NET), "LPIPS (vgg)",
+                      "--lpips_dir", notes, "lpips")
+    inception_net = _load(inception, load_fid_inception, "FID Inception", "--inception_path", notes, "fid")
+    return lpips_net, inception_net, notes
 
 
 def _pad(batch: np.ndarray, size: int) -> np.ndarray:
@@ -160,20 +176,19 @@ def evaluate_folders(gt_dir: str | os.PathLike, sample_dir: str | os.PathLike,
     """The original's metrics of `sample_dir` against `gt_dir` (module docstring).
 
     `lpips`: a folder for `load_lpips_from_folder(folder, "vgg")` or a loaded (module, params);
-    `inception`: pytorch-fid's weight file (or a folder holding it) or a loaded (module, params);
+    `inception`: pytorch-fid's weight file (or a folder holding it) or a loaded (module, params)
+    (`load_fid_inception`'s, or any module mapping [0, 1] NHWC images to (B, D) features);
     `names`: evaluate only these images (e.g. the first N of a protocol), else all of them.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     crop = (int(crop[0]), int(crop[1]))
     files = match_files(gt_dir, sample_dir, names)
-    notes: dict[str, str] = {}
-    lpips_net = _load(lpips, lambda folder: load_lpips_from_folder(folder, LPIPS_NET), "LPIPS (vgg)",
-                      "--lpips_dir", notes, "lpips")
-    inception_net = _load(inception, load_fid_inception, "FID Inception", "--inception_path", notes, "fid")
+    lpips_net, inception_net, notes = load_metric_networks(lpips, inception)
     with_ms_ssim = min(crop) > MS_SSIM_MIN_SIDE
     if not with_ms_ssim:
-        notes["ms_ssim"] = f"skipped: the {crop[0]}x{crop[1]} crop is too small (MS-SSIM needs a side > {MS_SSIM_MIN_SIDE})"
+        notes["ms_ssim"] = (f"skipped: the {crop[0]}x{crop[1]} crop is too small (MS-SSIM needs a side > "
+                            f"{MS_SSIM_MIN_SIDE})")
     batch = min(batch_size, len(files))
     per_image: dict[str, list[np.ndarray]] = {}
     features: dict[str, list[np.ndarray]] = {"gt": [], "samples": []}
@@ -199,18 +214,19 @@ def evaluate_folders(gt_dir: str | os.PathLike, sample_dir: str | os.PathLike,
 
 def _set_metrics(truths: np.ndarray, samples: np.ndarray, notes: dict[str, str]) -> dict[str, float]:
     """FID (as pytorch-fid, gt first) and KID (torch-fidelity's, samples as its input1) of two
-    (N, 2048) feature sets."""
+    (N, D) feature sets (D = 2048 for the FID Inception)."""
     if len(truths) < 2:
         notes["fid"] = "skipped: FID and KID need at least 2 images"
         return {}
-    statistics = [FeatureStatistics(FEATURE_DIM).update(side) for side in (truths, samples)]
+    statistics = [FeatureStatistics(truths.shape[1]).update(side) for side in (truths, samples)]
     metrics = {"fid": frechet_distance(statistics[0].mu, statistics[0].sigma, statistics[1].mu, statistics[1].sigma)}
     subset = min(KID_SUBSET_SIZE, len(truths))
     if subset < KID_SUBSET_SIZE:
         notes["kid"] = (f"subsets of {subset} images (torch-fidelity's default is {KID_SUBSET_SIZE}): "
                         "compare KID only between runs with the same number of images")
-    if len(truths) < 2048:
-        notes["fid_sample_size"] = (f"{len(truths)} images, fewer than the 2048 feature dimensions: the covariances "
-                                    "are singular and FID is biased upwards (compare runs of equal size only)")
+    if len(truths) < truths.shape[1]:
+        notes["fid_sample_size"] = (f"{len(truths)} images, fewer than the {truths.shape[1]} feature dimensions: "
+                                    "the covariances are singular and FID is biased upwards (compare runs of equal "
+                                    "size only)")
     metrics["kid"], metrics["kid_std"] = kernel_inception_distance(samples, truths, subset_size=subset)
     return metrics

@@ -19,6 +19,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
@@ -85,10 +86,19 @@ def restore_params(workdir: str | os.PathLike, config: ml_collections.ConfigDict
     return {name: tree for group in restored["state"].values() for name, tree in group.items()}
 
 
-def load_vae(path: str | os.PathLike) -> Any:
+def load_vae(path: str | os.PathLike, like: Any = None) -> Any:
     """The VAE params of a training run (its newest checkpoint's EMA; either stage) or of a
-    converted-params folder."""
-    path = pathlib.Path(path)
+    converted-params folder; with `like` (a tree of arrays or shapes) they must have its names and
+    shapes, else a ValueError says the VAE does not fit."""
+    vae = _read_vae(pathlib.Path(path))
+    if like is not None and (jax.tree.structure(vae) != jax.tree.structure(like) or any(
+            np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(vae), jax.tree.leaves(like)))):
+        raise ValueError(f"train.init_vae_from={path}: its VAE does not fit this config's model.vae "
+                         "(different parameter names or shapes)")
+    return vae
+
+
+def _read_vae(path: pathlib.Path) -> Any:
     if (path / CHECKPOINT_DIR).is_dir():
         config, step = run_config(path)
         return jax.device_get(restore_params(path, config, step, "ema")["vae"])

@@ -21,7 +21,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
@@ -34,6 +33,7 @@ from upgpt_jax.pipeline.loading import load_vae
 from upgpt_jax.sharding import make_mesh
 from upgpt_jax.train.checkpointing import Checkpointer, PreemptionSignal
 from upgpt_jax.train.data import training_pipeline
+from upgpt_jax.train.latent_scale import resolve_scale_factor
 from upgpt_jax.train.optimizer import make_optimizer
 from upgpt_jax.train.previews import SamplePreviews
 from upgpt_jax.train.state import TrainState, abstract_state, make_init_fn, replicated, with_shardings
@@ -141,12 +141,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     train_config = config.train
+    checkpointer = Checkpointer(workdir / CHECKPOINT_DIR, train_config.keep_checkpoints)
+    last_checkpoint = checkpointer.latest_step()
+    config = resolve_scale_factor(config, workdir, resumed=last_checkpoint is not None)
     parts = compiled_for(config)
     mesh = parts.mesh
-
-    checkpointer = Checkpointer(workdir / CHECKPOINT_DIR, train_config.keep_checkpoints)
     pipeline = training_pipeline(config)
-    last_checkpoint = checkpointer.latest_step()
     if last_checkpoint is None:
         state = initial_state(parts, train_config)
     else:
@@ -230,14 +230,8 @@ def initial_state(parts: Compiled, train_config: ml_collections.ConfigDict) -> T
     (params and EMA) in the VAE stage."""
     if not train_config.init_vae_from:
         return parts.init()
-    path = train_config.init_vae_from
-    vae = load_vae(path)
     group = "frozen_params" if "vae" in parts.abstract.frozen_params else "params"
-    own = getattr(parts.abstract, group)["vae"]
-    if jax.tree.structure(vae) != jax.tree.structure(own) or any(
-            np.shape(a) != b.shape for a, b in zip(jax.tree.leaves(vae), jax.tree.leaves(own))):
-        raise ValueError(f"train.init_vae_from={path}: its VAE does not fit this config's model.vae "
-                         "(different parameter names or shapes)")
+    vae = load_vae(train_config.init_vae_from, like=getattr(parts.abstract, group)["vae"])
     state = parts.init()
 
     def place(target: Any) -> Any:

@@ -57,7 +57,7 @@ class EvalResult:
 
 Protocol = Callable[[EvalOptions], EvalResult]
 PROTOCOLS: dict[str, Protocol] = {}
-PROTOCOL_MODULES = ("synthetic",)  # each registers its protocols when imported
+PROTOCOL_MODULES = ("synthetic", "deepfashion")  # each registers its protocols when imported
 
 
 def load_protocols() -> dict[str, Protocol]:

@@ -29,7 +29,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from upgpt_jax.data.records import BadExampleError, deepfashion_record, load_captions, open_rgb, read_pairs
-from upgpt_jax.eval.folders import ORIGINAL_CROP, center_crop, evaluate_folders, image_files, read_cropped
+from upgpt_jax.eval.folders import (ORIGINAL_CROP, center_crop, evaluate_folders, image_files, load_metric_networks,
+                                    read_cropped)
 from upgpt_jax.eval.protocols import EvalOptions, EvalResult, ProtocolError, load_model, register, sampling_settings
 
 PAIR_FILES = {"upgpt_pose_transfer": "pairs-test-all.csv", "upgpt_text_pose": "mm-test-all.csv"}
@@ -138,7 +139,10 @@ def _generate(loaded: Any, options: EvalOptions, data_dir: Path, pairs: Sequence
     sampler = Sampler(loaded, settings)
     model = loaded.config.model
     size, style_size = tuple(int(side) for side in model.image_size), int(model.clip.image_size)
-    captions = load_captions(data_dir)
+    try:
+        captions = load_captions(data_dir)
+    except (OSError, ValueError) as error:
+        raise ProtocolError(str(error)) from None
     step = sampler.batch_size * RECORDS_PER_SAMPLER_CALL
     for start in tqdm(range(0, len(pairs), step), desc="sample", unit="chunk", disable=len(pairs) <= step):
         rows = range(start, min(start + step, len(pairs)))
@@ -163,7 +167,10 @@ def evaluate_deepfashion(options: EvalOptions, protocol: str) -> EvalResult:
     """Run `protocol` (a key of PAIR_FILES) as the module docstring describes."""
     data_dir = _data_dir(options)
     pair_file = find_pair_file(data_dir, PAIR_FILES[protocol])
-    all_rows = read_pairs(pair_file)
+    try:
+        all_rows = read_pairs(pair_file)
+    except (OSError, ValueError) as error:
+        raise ProtocolError(str(error)) from None
     pairs = _unique_rows(all_rows)
     if options.num_examples is not None:
         if options.num_examples < 1:
@@ -172,10 +179,12 @@ def evaluate_deepfashion(options: EvalOptions, protocol: str) -> EvalResult:
     if not pairs:
         raise ProtocolError(f"{pair_file}: no rows")
     names = [original_name(*pair) for pair in pairs]
+    lpips, inception, _ = load_metric_networks(options.lpips_dir, options.inception_path)  # bad paths fail now
     gt_dir = Path(options.out_dir) / "gt"
     gt_dir.mkdir(parents=True, exist_ok=True)
     details: dict[str, Any] = dict(
-        pair_file=str(pair_file), num_examples=len(pairs), repeated_rows_dropped=len(all_rows) - len(_unique_rows(all_rows)),
+        pair_file=str(pair_file), num_examples=len(pairs),
+        repeated_rows_dropped=len(all_rows) - len(_unique_rows(all_rows)),
         ground_truth=str(gt_dir), original_sampling=ORIGINAL_SAMPLING,
         conditions="the 'to' image's caption, SMPL pose and person mask (<stem>_mask.png silhouette); the 'from' "
                    "image's style crops (the original's loader; its released bbox.yaml model used the mask's "
@@ -196,7 +205,7 @@ def evaluate_deepfashion(options: EvalOptions, protocol: str) -> EvalResult:
     details.update(samples=str(sample_dir), crop=list(crop), examples=names)
     if crop_note:
         details["crop_note"] = crop_note
-    folder = evaluate_folders(gt_dir, sample_dir, crop, lpips=options.lpips_dir, inception=options.inception_path,
+    folder = evaluate_folders(gt_dir, sample_dir, crop, lpips=lpips, inception=inception,
                               batch_size=options.batch_size or METRIC_BATCH, names=names)
     details["notes"] = folder.notes
     group = GROUPS[protocol]

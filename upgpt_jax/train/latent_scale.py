@@ -1,0 +1,78 @@
+"""LDM's `scale_by_std`: the latent scale factor of a VAE trained here, measured once per run.
+
+Diffusion assumes latents of about unit variance: the noise schedule's signal-to-noise ratios are
+set for that. SD's 0.18215 fits SD's autoencoder only; a VAE trained here has latents of another
+spread (the tiny config's f=4 VAE: std ~3.3, so 0.18215 leaves them at ~0.6 and every timestep
+noisier than the schedule means). With `model.scale_by_std`, the diffusion stage sets
+`model.scale_factor` = 1 / std of the first global training batch's latents (posterior means, all
+elements pooled, as LDM's `z.flatten().std()`), before anything is built. The value goes into the
+run's config, so checkpoints, resumes and sampling all use it; a resumed run reads it back from
+its checkpoint rather than measuring again.
+"""
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from tqdm import tqdm
+
+from upgpt_jax.data.pipeline import make_global_batch
+from upgpt_jax.distributed import host_to_global, is_main_process
+from upgpt_jax.models.upgpt import UPGPT, build_model
+from upgpt_jax.models.vae import DiagonalGaussian
+from upgpt_jax.pipeline.loading import load_vae, run_config
+from upgpt_jax.sharding import make_mesh
+from upgpt_jax.train.data import training_pipeline
+from upgpt_jax.train.state import replicated
+
+
+def resolve_scale_factor(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                         resumed: bool) -> ml_collections.ConfigDict:
+    """`config`, or with `model.scale_by_std` in the diffusion stage a copy whose
+    `model.scale_factor` is measured (fresh run) or the run's own (`resumed` run in `workdir`)."""
+    if not config.model.get("scale_by_std", False) or config.train.stage != "diffusion":
+        return config
+    config = ml_collections.ConfigDict(config.to_dict())
+    if resumed:
+        scale, how = float(run_config(workdir)[0].model.scale_factor), "read back from the run's checkpoint"
+    else:
+        scale, how = measure_scale_factor(config), "1 / std of the first batch's latents"
+    config.model.scale_factor = scale
+    if is_main_process():
+        tqdm.write(f"model.scale_factor = {scale:.6f} (scale_by_std: {how})")
+    return config
+
+
+def measure_scale_factor(config: ml_collections.ConfigDict) -> float:
+    """1 / std of the latents of the first global batch of the training data (pixel or features
+    mode) under `train.init_vae_from`'s VAE, or the one the config initialises (seed `config.seed`)."""
+    mesh = make_mesh(config.mesh)
+    model = build_model(config.model)
+    with training_pipeline(config) as pipeline:
+        batch = next(pipeline)
+    if config.data.features_dir:
+        moments = make_global_batch({"latent_moments": batch["latent_moments"]}, mesh)["latent_moments"]
+        std = jax.jit(lambda m: DiagonalGaussian.from_moments(m).mean.std())(moments)
+    else:
+        images = make_global_batch({"image": batch["image"]}, mesh)["image"]
+        init = functools.partial(model.init, jax.random.key(config.seed), images[:1], method=_autoencode)
+        if config.train.init_vae_from:
+            vae_params = load_vae(config.train.init_vae_from, like=nn.unbox(jax.eval_shape(init))["params"]["vae"])
+        else:
+            vae_params = init()["params"]["vae"]
+        vae_params = host_to_global(jax.device_get(nn.unbox(vae_params)), replicated(mesh))
+        std = jax.jit(lambda params, x: model.apply({"params": {"vae": params}}, x, method=UPGPT.posterior)
+                      .mean.astype(jnp.float32).std())(vae_params, images)
+    std = float(std)
+    if not std > 0:
+        raise ValueError(f"scale_by_std: the first batch's latents have std {std}; cannot scale by it")
+    return 1.0 / std
+
+
+def _autoencode(module: UPGPT, images: jax.Array) -> jax.Array:
+    """Encoder and decoder both: what `model.init` must touch to build the whole VAE's params."""
+    return module.decode(module.posterior(images).mean * module.scale_factor)
