@@ -65,7 +65,8 @@ def test_built_dataset_through_the_input_pipeline(source, tiny_config):
             np.testing.assert_array_equal(batch["text_ids"][row], tokenize(tokenizer, target["text"])[0])
             np.testing.assert_allclose(batch["image"][row], target["image"] / 127.5 - 1, atol=1e-6)
             np.testing.assert_allclose(batch["source_image"][row], person["image"] / 127.5 - 1, atol=1e-6)
-            mask = Image.fromarray(target["mask"].astype(np.uint8) * 255).resize((6, 8), Image.Resampling.NEAREST)
+            mask = Image.fromarray(target["mask"].astype(np.uint8) * 255).resize(
+                (48 // downsample, 64 // downsample), Image.Resampling.NEAREST)
             np.testing.assert_array_equal(batch["person_mask"][row, ..., 0], np.where(np.asarray(mask) > 0, 1, -1))
             np.testing.assert_array_equal(batch["styles"][row],
                                           [clip_preprocess(crop, clip_size) for crop in person["styles"]])
