@@ -16,45 +16,30 @@ are local files only; a metric whose weights are not given is skipped and the JS
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from upgpt_jax.eval.protocols import EvalOptions
+from upgpt_jax.cli_flags import define_model_flags, define_sampler_flags, sampler_overrides
 
-config_flags.DEFINE_config_file("config", None, "With --params: the config the weights fit.", lock_config=False)
+define_model_flags()
+define_sampler_flags()
+
 flags.DEFINE_string("protocol", None, "synthetic | upgpt_pose_transfer | upgpt_text_pose.")
 flags.DEFINE_string("out", None, "Output folder (metrics.json, worst.png, and samples when generated).")
-flags.DEFINE_string("workdir", None, "A train.py workdir (its newest checkpoint and config).")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-flags.DEFINE_enum("weights", "ema", ["ema", "params"], "EMA or raw weights of the checkpoint.")
-flags.DEFINE_string("params", None, "Converted weights (python -m upgpt_jax.convert --out DIR).")
 flags.DEFINE_string("data_dir", None, "DeepFashion in the original layout (upgpt_* protocols).")
 flags.DEFINE_string("samples_dir", None, "Evaluate these generated images instead of sampling (upgpt_*).")
 flags.DEFINE_integer("num_examples", None, "Evaluate the first N examples/pairs (default: the protocol's set).")
 flags.DEFINE_integer("seed", 0, "Noise seed of the first example (example i uses seed + i).")
-flags.DEFINE_integer("batch_size", None, "Samples per batch (default: config.sampling.batch_size).")
-flags.DEFINE_enum("method", None, ["ddim", "ddpm", "dpmpp_2m"], "Sampler (default: config.sampling).")
-flags.DEFINE_integer("num_steps", None, "Sampler steps.")
-flags.DEFINE_float("eta", None, "DDIM eta.")
-flags.DEFINE_string("guidance", None, "Guidance scales, e.g. 'pose=1,style=2,text=3' (1 = none).")
 flags.DEFINE_string("lpips_dir", None, "Folder with LPIPS weights (vgg16 backbone + lpips' vgg.pth).")
 flags.DEFINE_string("inception", None, "FID-Inception weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth).")
 flags.DEFINE_bool("ablations", True, "synthetic: also sample with text, style or pose dropped.")
 
 
 def options_from_flags() -> EvalOptions:
-    from upgpt_jax.pipeline import parse_guidance
-
-    sampling = {"method": flags.FLAGS.method, "num_steps": flags.FLAGS.num_steps, "eta": flags.FLAGS.eta}
-    if flags.FLAGS.guidance:
-        try:
-            sampling["guidance"] = parse_guidance(flags.FLAGS.guidance)
-        except ValueError as error:
-            raise app.UsageError(str(error)) from None
     return EvalOptions(
         out_dir=flags.FLAGS.out, workdir=flags.FLAGS.workdir, step=flags.FLAGS.step, weights=flags.FLAGS.weights,
         params_dir=flags.FLAGS.params, config=flags.FLAGS.config, data_dir=flags.FLAGS.data_dir,
         samples_dir=flags.FLAGS.samples_dir, num_examples=flags.FLAGS.num_examples, batch_size=flags.FLAGS.batch_size,
-        seed=flags.FLAGS.seed, sampling={key: value for key, value in sampling.items() if value is not None},
+        seed=flags.FLAGS.seed, sampling=sampler_overrides(),
         lpips_dir=flags.FLAGS.lpips_dir, inception_path=flags.FLAGS.inception, ablations=flags.FLAGS.ablations)
 
 

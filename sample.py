@@ -17,13 +17,12 @@ import json
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "With --params: the config the weights fit.", lock_config=False)
-flags.DEFINE_string("workdir", None, "A train.py workdir (its newest checkpoint and config).")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-flags.DEFINE_enum("weights", "ema", ["ema", "params"], "EMA or raw weights of the checkpoint.")
-flags.DEFINE_string("params", None, "Converted weights (python -m upgpt_jax.convert --out DIR).")
+from upgpt_jax.cli_flags import check_model_flags, define_model_flags, define_sampler_flags, sampler_overrides
+
+define_model_flags()
+define_sampler_flags()
+
 flags.DEFINE_string("out", None, "Output folder.")
 flags.DEFINE_enum("task", "generate", ["generate", "pose_transfer", "edit", "interpolate"], "The task.")
 flags.DEFINE_string("requests", None, "A JSONL file of requests (run as one batch job).")
@@ -43,12 +42,7 @@ flags.DEFINE_string("end_smpl", None, "interpolate: last pose.")
 flags.DEFINE_integer("frames", None, "interpolate: number of frames.")
 flags.DEFINE_enum("interpolation", None, ["linear", "slerp"], "interpolate: linear (the original) or slerp.")
 flags.DEFINE_string("smpl_model_dir", None, "SMPL model files (smplx layout) to render person masks.")
-flags.DEFINE_enum("method", None, ["ddim", "ddpm", "dpmpp_2m"], "Sampler (default: config.sampling).")
-flags.DEFINE_integer("num_steps", None, "Sampler steps.")
-flags.DEFINE_float("eta", None, "DDIM eta.")
-flags.DEFINE_string("guidance", None, "Guidance scales, e.g. 'pose=1,style=2,text=3' (1 = none).")
 flags.DEFINE_bool("released_no_guidance", False, "No guidance at all (one UNet call per step), as released.")
-flags.DEFINE_integer("batch_size", None, "Samples per device batch.")
 
 
 def single_request() -> dict:
@@ -90,17 +84,11 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     if not flags.FLAGS.out:
         raise app.UsageError("--out is required")
-    if bool(flags.FLAGS.workdir) == bool(flags.FLAGS.params):
-        raise app.UsageError("give either --workdir (a training run) or --params with --config (converted weights)")
-    if flags.FLAGS.params and flags.FLAGS.config is None:
-        raise app.UsageError("--params needs --config")
+    check_model_flags()
     from upgpt_jax.compilation_cache import enable_compilation_cache
     from upgpt_jax import pipeline
 
-    try:
-        guidance = pipeline.parse_guidance(flags.FLAGS.guidance) if flags.FLAGS.guidance else None
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
+    overrides = sampler_overrides()
     enable_compilation_cache()
     requests = read_requests(flags.FLAGS.requests) if flags.FLAGS.requests else [single_request()]
     try:  # every request is checked before the weights are read or anything is compiled
@@ -114,10 +102,9 @@ def main(argv: list[str]) -> None:
     else:
         loaded = pipeline.load_from_params(flags.FLAGS.params, flags.FLAGS.config)
     if flags.FLAGS.released_no_guidance:
-        guidance = {name: 1.0 for name in loaded.config.sampling.guidance}
-    settings = pipeline.SamplingSettings.from_config(
-        loaded.config.sampling, method=flags.FLAGS.method, num_steps=flags.FLAGS.num_steps, eta=flags.FLAGS.eta,
-        guidance=guidance, batch_size=flags.FLAGS.batch_size)
+        overrides["guidance"] = {name: 1.0 for name in loaded.config.sampling.guidance}
+    settings = pipeline.SamplingSettings.from_config(loaded.config.sampling, batch_size=flags.FLAGS.batch_size,
+                                                     **overrides)
     folders = pipeline.run_jobs(loaded, jobs, flags.FLAGS.out, settings)
     for folder in folders:
         print(folder)

@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from train_step import GIB, _fmt, append_jsonl, peak_flops_per_device  # noqa: E402
 
+from upgpt_jax.cli_flags import parse_guidance  # noqa: E402
 from upgpt_jax.compilation_cache import enable_compilation_cache  # noqa: E402
 
 # Flags on a FlagValues of our own, so importing this module defines nothing global.
@@ -80,17 +81,11 @@ flags.DEFINE_string("out", None, "Append one JSON line per measurement to this f
 flags.mark_flags_as_required(["config"], flag_values=FLAGS)
 
 
-def parse_guidance(text: str) -> dict[str, float]:
+def guidance_scales(text: str) -> dict[str, float]:
     """"3" -> the same scale for every condition; "pose=1,style=2,text=3" -> those scales."""
     from upgpt_jax.diffusion import GUIDANCE_ORDER
 
-    if "=" not in text:
-        return dict.fromkeys(GUIDANCE_ORDER, float(text))
-    scales = {}
-    for item in text.split(","):
-        name, _, value = item.partition("=")
-        scales[name.strip()] = float(value)
-    return scales
+    return dict.fromkeys(GUIDANCE_ORDER, float(text)) if "=" not in text else parse_guidance(text)
 
 
 def median_latency(run: Callable[[], Any], runs: int, warmup: int, sync: Callable[[Any], Any]) -> float:
@@ -308,7 +303,7 @@ def main(argv: list[str]) -> None:
         if FLAGS.dtype:
             config.model.dtype = FLAGS.dtype
         config.model.param_dtype = config.model.dtype
-    scales = parse_guidance(FLAGS.guidance)
+    scales = guidance_scales(FLAGS.guidance)
     weights = [weight for _, weight in guidance_branches(scales)]
     num_steps = len(sampling_timesteps("ddim", FLAGS.num_steps, config.diffusion.num_timesteps))
     batches = [int(batch) for batch in FLAGS.batches]

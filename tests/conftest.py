@@ -44,3 +44,36 @@ def tiny_model(tiny_config):
     model = build_model(tiny_config.model)
     shapes = jax.eval_shape(model.init, jax.random.key(0), **example_inputs(tiny_config.model))
     return model, random_params(nn.unbox(shapes)["params"])
+
+
+def scaled_random_params(params):
+    """`tiny_model`'s random weights, larger (UNet, fusion x5, VAE x3): at the fixture's scale the random
+    UNet barely reacts to its conditions and the random decoder barely to its latents, and every
+    sample would round to the same image."""
+    import jax
+
+    return {name: jax.tree.map(lambda x: x * (3.0 if name == "vae" else 5.0), tree) for name, tree in params.items()}
+
+
+@pytest.fixture(scope="session")
+def checkpointed_run(tmp_path_factory, tiny_config, tiny_model):
+    """A workdir whose checkpoint holds random weights; EMA differs from the raw params."""
+    import jax
+    import numpy as np
+    import optax
+
+    from upgpt_jax.train.checkpointing import Checkpointer
+    from upgpt_jax.train.state import FROZEN, TRAINABLE, TrainState
+
+    params = scaled_random_params(tiny_model[1])
+    trainable = {name: params[name] for name in TRAINABLE}
+    state = TrainState(
+        step=np.int32(7), params=jax.tree.map(lambda x: x * 0.5, trainable),  # differs from the EMA
+        opt_state=optax.adamw(1e-4).init(trainable), ema_params=trainable,
+        frozen_params={name: params[name] for name in FROZEN}, rng=np.asarray(jax.random.PRNGKey(0)),
+        skipped=np.int32(0))
+    directory = tmp_path_factory.mktemp("run")
+    checkpointer = Checkpointer(directory / "checkpoints", keep=1, asynchronous=False)
+    checkpointer.save(7, state, {"epoch": 0, "position": 0}, tiny_config)
+    checkpointer.close()
+    return directory

@@ -7,53 +7,27 @@ import json
 import subprocess
 import sys
 
-import jax
 import numpy as np
-import optax
 import pytest
 from PIL import Image
 
 from upgpt_jax import pipeline
 from upgpt_jax.pipeline.conditions import ConditionError, read_smpl
 from upgpt_jax.smpl.interpolate import interpolate_smpl
-from upgpt_jax.train.checkpointing import Checkpointer
-from upgpt_jax.train.state import FROZEN, TRAINABLE, TrainState
+
+from conftest import scaled_random_params
 
 SETTINGS = pipeline.SamplingSettings(method="ddim", num_steps=4, batch_size=8,
                                      guidance=(("pose", 1.0), ("style", 2.0), ("text", 2.0)))
 
 
-def scaled_params(params):
-    """The shared random weights, larger (UNet, fusion x5, VAE x3): at the fixture's scale the random
-    UNet barely reacts to its conditions and the random decoder barely to its latents, and every
-    sample would round to the same image."""
-    return {name: jax.tree.map(lambda x: x * (3.0 if name == "vae" else 5.0), tree) for name, tree in params.items()}
-
-
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tiny_config, tiny_model):
-    """A workdir whose checkpoint holds random weights; EMA differs from the raw params."""
-    params = scaled_params(tiny_model[1])
-    trainable = {name: params[name] for name in TRAINABLE}
-    state = TrainState(
-        step=np.int32(7), params=jax.tree.map(lambda x: x * 0.5, trainable),  # differs from the EMA
-        opt_state=optax.adamw(1e-4).init(trainable), ema_params=trainable,
-        frozen_params={name: params[name] for name in FROZEN}, rng=np.asarray(jax.random.PRNGKey(0)),
-        skipped=np.int32(0))
-    directory = tmp_path_factory.mktemp("run")
-    checkpointer = Checkpointer(directory / "checkpoints", keep=1, asynchronous=False)
-    checkpointer.save(7, state, {"epoch": 0, "position": 0}, tiny_config)
-    checkpointer.close()
-    return directory
-
-
-@pytest.fixture(scope="module")
-def loaded(workdir):
-    return pipeline.load_from_workdir(workdir)
+def loaded(checkpointed_run):
+    return pipeline.load_from_workdir(checkpointed_run)
 
 
 def test_loads_the_ema_weights_and_the_run_config(loaded, tiny_model, tiny_config):
-    params = scaled_params(tiny_model[1])
+    params = scaled_random_params(tiny_model[1])
     np.testing.assert_array_equal(loaded.params["unet"]["conv_in"]["kernel"], params["unet"]["conv_in"]["kernel"])
     np.testing.assert_array_equal(loaded.params["vae"]["decoder"]["conv_out"]["kernel"],
                                   params["vae"]["decoder"]["conv_out"]["kernel"])
@@ -153,9 +127,9 @@ def test_smpl_files_of_every_kind(tmp_path):
         read_smpl(tmp_path / "bad.npy")
 
 
-def test_sample_cli_reports_bad_input_without_traceback(workdir, tmp_path):
+def test_sample_cli_reports_bad_input_without_traceback(checkpointed_run, tmp_path):
     result = subprocess.run(
-        [sys.executable, "sample.py", "--workdir", str(workdir), "--task", "generate", "--text", "a person",
+        [sys.executable, "sample.py", "--workdir", str(checkpointed_run), "--task", "generate", "--text", "a person",
          "--smpl", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 2

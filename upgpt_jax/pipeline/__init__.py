@@ -10,11 +10,11 @@
 from upgpt_jax.pipeline.conditions import ConditionError, Person
 from upgpt_jax.pipeline.loading import LoadedModel, load_from_params, load_from_workdir, run_config
 from upgpt_jax.pipeline.run import plan_requests, run_jobs, run_requests, sample_jobs
-from upgpt_jax.pipeline.sampler import Sampler, SamplingSettings, parse_guidance
+from upgpt_jax.pipeline.sampler import Sampler, SamplingSettings
 from upgpt_jax.pipeline.tasks import TASKS, Job, TaskContext, plan
 
 __all__ = [
     "TASKS", "ConditionError", "Job", "LoadedModel", "Person", "Sampler", "SamplingSettings", "TaskContext",
-    "load_from_params", "load_from_workdir", "parse_guidance", "plan", "plan_requests", "run_config", "run_jobs", "run_requests",
+    "load_from_params", "load_from_workdir", "plan", "plan_requests", "run_config", "run_jobs", "run_requests",
     "sample_jobs",
 ]

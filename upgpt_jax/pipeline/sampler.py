@@ -52,18 +52,6 @@ class SamplingSettings:
         return cls(**values)
 
 
-def parse_guidance(text: str) -> dict[str, float]:
-    """'pose=1,style=2,text=3' -> {"pose": 1.0, "style": 2.0, "text": 3.0} (the CLIs' --guidance)."""
-    scales = {}
-    for item in text.split(","):
-        name, _, value = item.partition("=")
-        try:
-            scales[name.strip()] = float(value)
-        except ValueError:
-            raise ValueError(f"--guidance: {item!r} is not condition=scale") from None
-    return scales
-
-
 def encode_conditions(loaded: LoadedModel, people: Sequence[Person]) -> dict[str, np.ndarray]:
     """Host-side model inputs of `people`: text ids, CLIP-ready crops, style-text ids, masks, poses."""
     config = loaded.config.model

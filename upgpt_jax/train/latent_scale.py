@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import pathlib
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,7 +21,7 @@ from tqdm import tqdm
 
 from upgpt_jax.data.pipeline import make_global_batch
 from upgpt_jax.distributed import host_to_global, is_main_process
-from upgpt_jax.models.upgpt import UPGPT, build_model
+from upgpt_jax.models.upgpt import UPGPT, build_model, init_params
 from upgpt_jax.models.vae import DiagonalGaussian
 from upgpt_jax.pipeline.loading import load_vae, run_config
 from upgpt_jax.sharding import make_mesh
@@ -59,12 +58,13 @@ def measure_scale_factor(config: ml_collections.ConfigDict) -> float:
         std = jax.jit(lambda m: DiagonalGaussian.from_moments(m).mean.std())(moments)
     else:
         images = make_global_batch({"image": batch["image"]}, mesh)["image"]
-        init = functools.partial(model.init, jax.random.key(config.seed), images[:1], method=_autoencode)
+        # Without init_vae_from, the VAE the trainer's initial state holds (same function, same seed).
+        init = functools.partial(init_params, model, config.model, config.seed)
         if config.train.init_vae_from:
-            vae_params = load_vae(config.train.init_vae_from, like=nn.unbox(jax.eval_shape(init))["params"]["vae"])
+            vae_params = load_vae(config.train.init_vae_from, like=jax.eval_shape(init)["vae"])
         else:
-            vae_params = init()["params"]["vae"]
-        vae_params = host_to_global(jax.device_get(nn.unbox(vae_params)), replicated(mesh))
+            vae_params = init()["vae"]
+        vae_params = host_to_global(jax.device_get(vae_params), replicated(mesh))
         std = jax.jit(lambda params, x: model.apply({"params": {"vae": params}}, x, method=UPGPT.posterior)
                       .mean.astype(jnp.float32).std())(vae_params, images)
     std = float(std)
@@ -72,7 +72,3 @@ def measure_scale_factor(config: ml_collections.ConfigDict) -> float:
         raise ValueError(f"scale_by_std: the first batch's latents have std {std}; cannot scale by it")
     return 1.0 / std
 
-
-def _autoencode(module: UPGPT, images: jax.Array) -> jax.Array:
-    """Encoder and decoder both: what `model.init` must touch to build the whole VAE's params."""
-    return module.decode(module.posterior(images).mean * module.scale_factor)

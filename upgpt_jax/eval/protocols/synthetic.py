@@ -64,15 +64,17 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
     per_example: dict[str, list[float]] = {}
     samples: dict[str, np.ndarray] = {}
     variants = VARIANTS if options.ablations else {"pose_transfer": VARIANTS["pose_transfer"]}
-    for variant, dropped in variants.items():
-        sampler = Sampler(loaded, dataclasses.replace(settings, dropped=dropped))
+    samplers = {variant: Sampler(loaded, dataclasses.replace(settings, dropped=dropped))
+                for variant, dropped in variants.items()}
+    for variant, sampler in samplers.items():
         samples[variant] = sampler(people, seeds, progress=True)
         scores = _scores(samples[variant], truth, masks, layouts, lpips)
         for name, values in scores.items():
             per_example[f"{variant}/{name}"] = [float(value) for value in values]
             metrics[f"{variant}/{name}"] = float(np.nanmean(values))
 
-    consistency = _interpolation(loaded, settings, examples, min(INTERPOLATION_PAIRS, count), image_size, options.seed)
+    consistency = _interpolation(samplers["pose_transfer"], examples, min(INTERPOLATION_PAIRS, count), image_size,
+                                 options.seed)
     metrics.update({f"interpolation/{name}": value for name, value in consistency.items()})
 
     worst = np.argsort(per_example["pose_transfer/ssim"])[:WORST_CASES]
@@ -129,15 +131,13 @@ def _lpips(folder: str | None) -> Any:
     return score
 
 
-def _interpolation(loaded: Any, settings: Any, examples: Any, pairs: int, image_size: tuple[int, int],
+def _interpolation(sampler: Any, examples: Any, pairs: int, image_size: tuple[int, int],
                    seed: int) -> dict[str, float]:
     """Mean identity consistency over `pairs` source -> target sweeps (one seed per sweep)."""
     from upgpt_jax.data.synthetic import identity_from_id
-    from upgpt_jax.pipeline import Sampler
     from upgpt_jax.pipeline.sources import silhouette
     from upgpt_jax.smpl.interpolate import interpolate_smpl
 
-    sampler = Sampler(loaded, settings)
     drift, agreement = [], []
     for index in range(pairs):
         record = examples.record(index)

@@ -1,4 +1,7 @@
-"""The command-line flags sample.py and eval.py share: which model to load and how to sample."""
+"""The command-line flags sample.py and eval.py share: which model to load and how to sample.
+
+Light on purpose (absl and ml_collections only), so the CLIs answer --help without importing JAX.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -6,7 +9,17 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
-from upgpt_jax.pipeline.sampler import parse_guidance
+
+def parse_guidance(text: str) -> dict[str, float]:
+    """'pose=1,style=2,text=3' -> {"pose": 1.0, "style": 2.0, "text": 3.0} (the CLIs' --guidance)."""
+    scales = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            scales[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--guidance: {item!r} is not condition=scale") from None
+    return scales
 
 
 def define_model_flags() -> None:

@@ -1,0 +1,89 @@
+"""eval.py's `synthetic` protocol on a checkpointed tiny run (random weights, a few DDIM steps).
+
+What is checked here is the protocol's wiring: which images it samples for each variant and what
+it compares them with. The metrics themselves are checked against independent references in
+test_synthetic_metrics.py, test_image_metrics.py and test_guidance.py.
+"""
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from upgpt_jax import pipeline
+from upgpt_jax.eval.protocols import EvalOptions, ProtocolError, load_protocols
+from upgpt_jax.eval.protocols.synthetic import VARIANTS
+from upgpt_jax.eval.synthetic import pose_transfer_scores, silhouette_iou
+from upgpt_jax.pipeline.sources import DatasetExamples
+
+NUM_EXAMPLES = 2
+SAMPLING = {"num_steps": 2, "guidance": {"pose": 1.0, "style": 1.0, "text": 2.0}}
+
+
+@pytest.fixture(scope="module")
+def result(checkpointed_run, tmp_path_factory):
+    options = EvalOptions(out_dir=str(tmp_path_factory.mktemp("eval")), workdir=str(checkpointed_run),
+                          num_examples=NUM_EXAMPLES, batch_size=NUM_EXAMPLES, sampling=SAMPLING)
+    return load_protocols()["synthetic"](options)
+
+
+def test_every_variant_is_scored_per_example(result):
+    for variant in VARIANTS:
+        for metric in ("silhouette_iou", "colour_accuracy", "ssim", "psnr"):
+            values = result.per_example[f"{variant}/{metric}"]
+            assert len(values) == NUM_EXAMPLES
+            assert result.metrics[f"{variant}/{metric}"] == pytest.approx(np.nanmean(values))
+        assert all(0.0 <= value <= 1.0 for value in result.per_example[f"{variant}/silhouette_iou"])
+    assert {"interpolation/colour_drift", "interpolation/agreement"} <= set(result.metrics)
+    assert result.details["lpips"].startswith("skipped")
+
+
+def test_samples_are_the_pairs_targets_with_the_variant_conditions(result, checkpointed_run):
+    """The rows of worst.png: source, ground truth, then one sample per variant. The style-dropped
+    sample equals a sample of the same person without style crops (absent parts take the same null
+    embedding), and the scores are those of the pictured images against the pair's target."""
+    loaded = pipeline.load_from_workdir(checkpointed_run)
+    examples = DatasetExamples(loaded.config, "test")
+    assert len(result.worst) == NUM_EXAMPLES
+    settings = pipeline.SamplingSettings.from_config(loaded.config.sampling, batch_size=NUM_EXAMPLES, **SAMPLING)
+    for label, images in result.worst:
+        index = int(label.split(":")[0])
+        source, truth, *samples = images
+        by_variant = dict(zip(VARIANTS, samples))
+        np.testing.assert_array_equal(source, examples.image(index, "source"))
+        np.testing.assert_array_equal(truth, examples.image(index))
+        person = examples.person(index)
+        without_style = pipeline.Sampler(loaded, settings)([dataclasses.replace(person, style_images={})], [index])
+        # Same values by another route (style_present instead of drop_style); 1 level of uint8 rounding slack.
+        assert np.abs(by_variant["text_pose"].astype(int) - without_style[0]).max() <= 1
+        scores = pose_transfer_scores(by_variant["pose_transfer"][None], truth[None])
+        assert result.per_example["pose_transfer/ssim"][index] == pytest.approx(float(scores["ssim"][0]), abs=1e-6)
+        iou = silhouette_iou(by_variant["style_pose"][None], person.mask[None])
+        assert result.per_example["style_pose/silhouette_iou"][index] == pytest.approx(float(iou[0]))
+
+
+def test_eval_cli_writes_the_table_json_and_worst_cases(checkpointed_run, tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "eval.py", "--protocol", "synthetic", "--workdir", str(checkpointed_run),
+               "--num_examples", "1", "--num_steps", "2", "--batch_size", "1", "--noablations", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "pose_transfer/silhouette_iou" in result.stdout and "text_pose" not in result.stdout
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["protocol"] == "synthetic" and record["details"]["num_examples"] == 1
+    assert (out / "worst.png").is_file()
+
+    bad = subprocess.run(command[:2] + ["--protocol", "synthetic", "--samples_dir", str(tmp_path), "--workdir",
+                                        str(checkpointed_run), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "drop --samples_dir" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_run_on_another_dataset_is_refused(checkpointed_run, tmp_path, monkeypatch):
+    loaded = pipeline.load_from_workdir(checkpointed_run)
+    with loaded.config.unlocked():
+        loaded.config.data.dataset = "deepfashion_upgpt"
+    monkeypatch.setattr("upgpt_jax.eval.protocols.synthetic.load_model", lambda options: loaded)
+    with pytest.raises(ProtocolError, match="needs a model trained on synthetic_people"):
+        load_protocols()["synthetic"](EvalOptions(out_dir=str(tmp_path), workdir=str(checkpointed_run)))
