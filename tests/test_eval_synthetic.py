@@ -87,3 +87,23 @@ def test_a_run_on_another_dataset_is_refused(checkpointed_run, tmp_path, monkeyp
     monkeypatch.setattr("upgpt_jax.eval.protocols.synthetic.load_model", lambda options: loaded)
     with pytest.raises(ProtocolError, match="needs a model trained on synthetic_people"):
         load_protocols()["synthetic"](EvalOptions(out_dir=str(tmp_path), workdir=str(checkpointed_run)))
+
+
+def test_lpips_scores_uint8_samples_as_the_lpips_package_does(tmp_path):
+    """The protocol's LPIPS: uint8 images mapped to [-1, 1], vs lpips.LPIPS(net='vgg')(x, y, normalize=True)."""
+    import torch
+
+    from upgpt_jax.eval.protocols.synthetic import _lpips
+    from test_lpips import reference_lpips, save_lpips_folder
+
+    reference = reference_lpips("vgg", seed=3)
+    score = _lpips(str(save_lpips_folder(reference, "vgg", tmp_path / "lpips")))
+    rng = np.random.default_rng(0)
+    images, truth = (rng.integers(0, 256, (2, 64, 48, 3), dtype=np.uint8) for _ in range(2))
+    with torch.no_grad():
+        unit = lambda batch: torch.from_numpy(batch.astype(np.float32) / 255.0).permute(0, 3, 1, 2)  # noqa: E731
+        expected = reference(unit(images), unit(truth), normalize=True).view(-1).numpy()
+    np.testing.assert_allclose(score(images, truth), expected, rtol=1e-4)
+    assert _lpips(None) is None
+    with pytest.raises(ProtocolError, match="--lpips_dir"):
+        _lpips(str(tmp_path / "absent"))

@@ -161,7 +161,7 @@ def load_metric_networks(lpips: WeightsSpec, inception: WeightsSpec) -> tuple[An
     notes: dict[str, str] = {}
     lpips_net = _load(lpips, lambda folder: load_lpips_from_folder(folder, LPIPS_NET), "LPIPS (vgg)",
                       "--lpips_dir", notes, "lpips")
-    inception_net = _load(inception, load_fid_inception, "FID Inception", "--inception_path", notes, "fid")
+    inception_net = _load(inception, load_fid_inception, "FID Inception", "--inception", notes, "fid")
     return lpips_net, inception_net, notes
 
 

@@ -113,20 +113,20 @@ def _scores(images: np.ndarray, truth: np.ndarray, masks: np.ndarray, layouts: S
 
 
 def _lpips(folder: str | None) -> Any:
-    """uint8 images -> per-image LPIPS (VGG, inputs mapped to [-1, 1]), or None without weights."""
+    """uint8 images -> per-image LPIPS (VGG, inputs mapped to [-1, 1]), or None without weights.
+    Loaded before any sampling (folders.load_metric_networks), so a bad --lpips_dir fails at once."""
     if not folder:
         return None
     import jax
     import jax.numpy as jnp
 
-    from upgpt_jax.eval.lpips import load_lpips_from_folder, lpips_distance
+    from upgpt_jax.eval.folders import load_metric_networks
 
-    _, params = load_lpips_from_folder(folder, "vgg")
-    distance = jax.jit(lambda x, y: lpips_distance(params, x, y, "vgg"))
+    (module, params), _, _ = load_metric_networks(folder, None)
+    distance = jax.jit(lambda x, y: module.apply({"params": params}, x, y, True))  # [0, 1] in, scaled inside
 
     def score(images: np.ndarray, truth: np.ndarray) -> np.ndarray:
-        as_signed = lambda batch: jnp.asarray(batch, jnp.float32) / 127.5 - 1.0  # noqa: E731
-        return np.asarray(distance(as_signed(images), as_signed(truth)))
+        return np.asarray(distance(jnp.asarray(images, jnp.float32) / 255.0, jnp.asarray(truth, jnp.float32) / 255.0))
 
     return score
 
