@@ -196,6 +196,17 @@ def test_noise_follows_the_rng(method):
     np.testing.assert_array_equal(first, again)
     assert relative_error(other, first) > 1e-2
 
+    # One key per example: an example's sample depends on its own key only, not on its batch mates'.
+    keys = jax.random.split(jax.random.key(5), 3)
+    pair, swapped_mate = draw(keys[:2]), draw(jnp.stack([keys[0], keys[2]]))
+    np.testing.assert_array_equal(pair[0], swapped_mate[0])
+    assert relative_error(swapped_mate[1], pair[1]) > 1e-2
+    # ... and each draws normal(fold_in(key_b, i), x_T.shape[1:]) at step i, as a batch of one would.
+    alone = run(x_T[1:], keys[1:2], eps_fn=jax_linear_eps, method=method, **STOCHASTIC[method])
+    np.testing.assert_allclose(alone[0], pair[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="3 keys for a batch of 2"):
+        draw(keys)
+
 
 @pytest.mark.parametrize("method", SAMPLERS)
 def test_one_scan_under_jit_with_a_traced_schedule(method):

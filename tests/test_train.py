@@ -21,7 +21,8 @@ from ml_collections import ConfigDict
 
 from upgpt_jax.train import trainer
 from upgpt_jax.train.checkpointing import Checkpointer
-from upgpt_jax.train.optimizer import current_learning_rate, ema_decay_at, ema_update, make_optimizer
+from upgpt_jax.train.optimizer import (
+    current_learning_rate, ema_decay_at, ema_update, learning_rate_schedule, make_optimizer)
 from upgpt_jax.train.state import with_shardings
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -127,6 +128,17 @@ def test_optimizer_matches_hand_computed_adamw_with_warmup_and_clipping():
     for k in params:
         np.testing.assert_allclose(current[k], expected[k], rtol=1e-5, atol=1e-6)
     assert float(current_learning_rate(optim, state, grad_accum_steps=2)) == pytest.approx(0.2 / 3)
+
+    # Cosine decay after the warm-up: optax's cosine_decay_schedule, shifted by the warm-up.
+    decaying = ConfigDict({**optim.to_dict(), "warmup_steps": 4, "decay_steps": 12, "end_learning_rate_factor": 0.1})
+    reference = optax.cosine_decay_schedule(0.1, decay_steps=8, alpha=0.1)
+    schedule = learning_rate_schedule(decaying)
+    np.testing.assert_allclose([float(schedule(count)) for count in (0, 3, 8, 12, 20)],
+                               [0.025, 0.1, 0.055, 0.01, 0.01], rtol=1e-6)
+    np.testing.assert_allclose([float(schedule(count)) for count in range(4, 16)],
+                               [float(reference(count - 4)) for count in range(4, 16)], rtol=1e-6)
+    with pytest.raises(ValueError, match="decay_steps"):
+        learning_rate_schedule(ConfigDict({**decaying.to_dict(), "decay_steps": 4}))
 
     ema = ema_update({"w": np.zeros(3, np.float32)}, {"w": np.ones(3, np.float32)}, decay=0.75)
     np.testing.assert_allclose(ema["w"], 0.25)

@@ -119,6 +119,9 @@ def released_config() -> ml_collections.ConfigDict:
         b2=0.999,
         eps=1e-8,
         warmup_steps=10_000,
+        # 0: constant after the warm-up (the original). N: cosine decay to end_learning_rate_factor * lr at update N.
+        decay_steps=0,
+        end_learning_rate_factor=0.0,
         grad_clip_norm=1.0,
     ))
 

@@ -51,3 +51,10 @@ def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | No
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) dimension split over BATCH_AXES, every other dimension replicated."""
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
+    """Repeat the last row of `batch` up to `size` rows: a partial last batch keeps the compiled
+    shape (one compilation); callers drop the padding rows from the results."""
+    missing = size - len(batch)
+    return batch if missing <= 0 else np.concatenate([batch, np.repeat(batch[-1:], missing, axis=0)])

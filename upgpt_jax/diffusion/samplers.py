@@ -67,7 +67,9 @@ def sample(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: jax.Array, rng: jax.Arra
     `method`, `num_steps` and `eta` are static. `eta` (DDIM only) scales the per-step noise from
     0 (deterministic DDIM) to 1 (DDPM-like). `rng` may be None when the sampler is deterministic
     ("ddim" with eta == 0, "dpmpp_2m"); the noise of step i (0 = the first, noisiest step) is
-    `jax.random.normal(jax.random.fold_in(rng, i), x_T.shape, float32)`. DDIM returns the sample at
+    `jax.random.normal(jax.random.fold_in(rng, i), x_T.shape, float32)`; with a batch of B keys
+    (shape (B,)) each example draws its own, `normal(fold_in(rng[b], i), x_T.shape[1:])`, so that an
+    example's sample does not depend on the batch it was drawn in. DDIM returns the sample at
     the noise level of training step 0, as LDM's DDIMSampler does; the others end noise-free.
     The result has x_T's dtype. Wrap the call in `jax.jit`: the loop is a single `lax.scan`.
     """
@@ -79,6 +81,9 @@ def sample(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: jax.Array, rng: jax.Arra
         raise ValueError(f"sampler {method!r} with eta={eta} draws noise: pass an rng key")
     if x_T.ndim < 1:
         raise ValueError(f"x_T must have a leading batch dimension, got shape {x_T.shape}")
+    per_example = stochastic and jnp.ndim(rng) == 1
+    if per_example and rng.shape[0] != x_T.shape[0]:
+        raise ValueError(f"rng holds {rng.shape[0]} keys for a batch of {x_T.shape[0]}: pass one key or one per example")
 
     tables = _TABLES[method](schedule, timesteps, eta)
     per_step = dict(tables, t=jnp.asarray(timesteps), index=jnp.arange(len(timesteps)))
@@ -91,7 +96,11 @@ def sample(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: jax.Array, rng: jax.Arra
         x_next = (step_values["a"] * x + step_values["b"] * x0 + step_values["c"] * eps
                   + step_values["e"] * x0_previous)
         if stochastic:
-            noise = jax.random.normal(jax.random.fold_in(rng, step_values["index"]), x.shape, jnp.float32)
+            if per_example:
+                noise = jax.vmap(lambda key: jax.random.normal(
+                    jax.random.fold_in(key, step_values["index"]), x.shape[1:], jnp.float32))(rng)
+            else:
+                noise = jax.random.normal(jax.random.fold_in(rng, step_values["index"]), x.shape, jnp.float32)
             x_next = x_next + step_values["d"] * noise
         return (x_next, x0), None
 

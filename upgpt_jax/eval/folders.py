@@ -35,6 +35,7 @@ from upgpt_jax.eval.image_metrics import ms_ssim, ssim
 from upgpt_jax.eval.inception import inception_features, load_fid_inception
 from upgpt_jax.eval.lpips import load_lpips_from_folder
 from upgpt_jax.eval.protocols import ProtocolError
+from upgpt_jax.sharding import pad_batch
 
 ORIGINAL_CROP = (256, 176)  # (height, width): the original's test-step crop_size
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # the original's Loader reads *.jpg and *.png
@@ -165,11 +166,6 @@ def load_metric_networks(lpips: WeightsSpec, inception: WeightsSpec) -> tuple[An
     return lpips_net, inception_net, notes
 
 
-def _pad(batch: np.ndarray, size: int) -> np.ndarray:
-    """Repeat the last image up to `size` (fixed batch shapes: one compilation)."""
-    return np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), axis=0)]) if len(batch) < size else batch
-
-
 def evaluate_folders(gt_dir: str | os.PathLike, sample_dir: str | os.PathLike,
                      crop: tuple[int, int] = ORIGINAL_CROP, lpips: WeightsSpec = None, inception: WeightsSpec = None,
                      batch_size: int = 50, names: Sequence[str] | None = None) -> FolderMetrics:
@@ -196,7 +192,7 @@ def evaluate_folders(gt_dir: str | os.PathLike, sample_dir: str | os.PathLike,
         chunk = files[start:start + batch]
         truths = np.stack([read_cropped(gt, crop) for _, gt, _ in chunk]).astype(np.float32) / 255.0
         samples = np.stack([read_cropped(sample, crop) for _, _, sample in chunk]).astype(np.float32) / 255.0
-        truths, samples = _pad(truths, batch), _pad(samples, batch)
+        truths, samples = pad_batch(truths, batch), pad_batch(samples, batch)
         scores = dict(_structural_scores(samples, truths, with_ms_ssim))
         if lpips_net is not None:
             scores.update(_lpips_scores(lpips_net[0], lpips_net[1], samples, truths))

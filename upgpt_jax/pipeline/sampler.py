@@ -26,7 +26,7 @@ from upgpt_jax.models.clip import encode_style_images, encode_style_texts, encod
 from upgpt_jax.models.upgpt import UPGPT
 from upgpt_jax.pipeline.conditions import Person, check_person
 from upgpt_jax.pipeline.loading import LoadedModel
-from upgpt_jax.sharding import batch_sharding
+from upgpt_jax.sharding import batch_sharding, pad_batch
 from upgpt_jax.tokenizer import tokenize
 
 
@@ -124,7 +124,7 @@ class Sampler:
         for start, stop in tqdm(chunks, desc="sample", unit="batch", disable=not progress or len(chunks) < 2):
             inputs = encode_conditions(self.loaded, people[start:stop])
             inputs["seeds"] = np.asarray(seeds[start:stop], np.uint32)
-            padded = {key: _pad(value, self.batch_size) for key, value in inputs.items()}
+            padded = {key: pad_batch(value, self.batch_size) for key, value in inputs.items()}
             batch = host_to_global(padded, batch_sharding(self.loaded.mesh))
             out = self._run(params, self.loaded.clip_params, batch)
             images.append(np.asarray(jax.device_get(out))[: stop - start])
@@ -134,12 +134,6 @@ class Sampler:
 def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
     for start in range(0, total, size):
         yield start, min(start + size, total)
-
-
-def _pad(value: np.ndarray, size: int) -> np.ndarray:
-    """Repeat the last row up to `size` rows (padding rows are sampled and thrown away)."""
-    missing = size - value.shape[0]
-    return value if missing == 0 else np.concatenate([value, np.repeat(value[-1:], missing, axis=0)])
 
 
 def jitted_sampler(model: UPGPT, clip: Any, diffusion: ml_collections.ConfigDict, settings: SamplingSettings,
@@ -158,7 +152,9 @@ def jitted_sampler(model: UPGPT, clip: Any, diffusion: ml_collections.ConfigDict
         latent_shape = mask.shape[1:3] + (model.unet_config["out_channels"],)
         noise = jax.vmap(lambda seed: jax.random.normal(jax.random.key(seed), latent_shape))(batch["seeds"])
         eps_fn = guided_eps_fn(model, params, mask, conditions, scales, settings.dropped)
-        rng = jax.random.key(batch["seeds"][0])  # stochastic samplers' per-step noise
+        # Stochastic samplers' per-step noise: a key per example (not the x_T key), so that a seed
+        # gives the same image whatever else is in its batch.
+        rng = jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(seed), 1))(batch["seeds"])
         latents = sample(eps_fn, schedule, noise, rng, method=settings.method, num_steps=settings.num_steps,
                          eta=settings.eta)
         images = model.apply({"params": params}, latents, method=UPGPT.decode)

@@ -36,14 +36,18 @@ class DatasetExamples:
         else:
             raise ConditionError(f"data.data_dir is empty and dataset {data.dataset!r} is not rendered in memory: "
                                  "give the conditions explicitly or set --data_dir")
+        self._cached_record = functools.lru_cache(maxsize=64)(self._record)
 
     def __len__(self) -> int:
         from upgpt_jax.data.synthetic import split_identity_ids
 
         return len(self._source) if self._source is not None else 10 * len(split_identity_ids(self.split))
 
-    @functools.lru_cache(maxsize=64)
     def record(self, index: int) -> dict[str, Any]:
+        """Example `index`'s record (rendered once: the last 64 are cached per instance)."""
+        return self._cached_record(index)
+
+    def _record(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise ConditionError(f"example {index} is outside the {len(self)} {self.split} examples of "
                                  f"{self.config.data.dataset}")
