@@ -10,6 +10,11 @@ the garments' colours in the few minutes the main job trains it (L1 0.10 after 6
 at f=4, 16x12x4), and the diffusion model learns the f=4 latents much faster (loss 0.12 vs 0.45
 at step 250). `scale_by_std` measures the latent scale of that VAE (LDM's option): SD's 0.18215
 would leave its latents at std ~0.6, noisier at every timestep than the schedule intends.
+The diffusion stage decays its rate (cosine, lr 1e-3 -> 0 over its 1000 steps) and weights the
+loss by Min-SNR-5: at step 1000 its test-pair samples reach silhouette IoU 0.57 / SSIM 0.55
+against 0.52 / 0.50 at lr 5e-4 without them (same VAE; eval.py --protocol synthetic, 32 pairs).
+A continued run (a larger --config.train.num_steps) goes on at 0.1 x lr after step 1000; pass
+--config.optim.decay_steps=N as well to decay over the whole run instead.
 """
 import ml_collections
 
@@ -29,12 +34,13 @@ def get_config(stage: str = "diffusion") -> ml_collections.ConfigDict:
     model.clip.update(text_width=64, text_layers=2, text_heads=4, vision_width=64, vision_layers=2,
                       vision_heads=4, image_size=32, patch_size=8, projection_dim=64)
     model.fusion.update(text_dim=64, style_dim=64, context_dim=64, learned_heads=4)
-    config.optim.update(learning_rate=5e-4, warmup_steps=100)
+    config.optim.update(learning_rate=1e-3, warmup_steps=100, decay_steps=1000, end_learning_rate_factor=0.1)
+    config.diffusion.snr_gamma = 5.0
     config.train.update(batch_size=8, num_steps=1000, log_every=50, checkpoint_every=250, ema_decay=0.999)
     config.data.num_examples = 512
     if stage == "vae":
         config.train.update(stage="vae", num_steps=600, ema_decay=0.99, checkpoint_every=300)
-        config.optim.learning_rate = 2e-3
+        config.optim.update(learning_rate=2e-3, decay_steps=0)  # A decay stalls the colours (see README).
     elif stage != "diffusion":
         raise ValueError(f"configs/synthetic_tiny.py:<stage>: stage must be 'diffusion' or 'vae', got {stage!r}")
     return config

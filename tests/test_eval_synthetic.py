@@ -9,13 +9,19 @@ import json
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from upgpt_jax import pipeline
+from upgpt_jax.diffusion import NoiseSchedule, guided_eps_fn
+from upgpt_jax.eval.denoiser import TIMESTEPS
 from upgpt_jax.eval.protocols import EvalOptions, ProtocolError, load_protocols
 from upgpt_jax.eval.protocols.synthetic import VARIANTS
 from upgpt_jax.eval.synthetic import pose_transfer_scores, silhouette_iou
+from upgpt_jax.models.upgpt import UPGPT
+from upgpt_jax.pipeline.sampler import condition_embeddings, encode_conditions
 from upgpt_jax.pipeline.sources import DatasetExamples
 
 NUM_EXAMPLES = 2
@@ -62,6 +68,40 @@ def test_samples_are_the_pairs_targets_with_the_variant_conditions(result, check
         assert result.per_example["pose_transfer/ssim"][index] == pytest.approx(float(scores["ssim"][0]), abs=1e-6)
         iou = silhouette_iou(by_variant["style_pose"][None], person.mask[None])
         assert result.per_example["style_pose/silhouette_iou"][index] == pytest.approx(float(iou[0]))
+
+
+def test_denoiser_sensitivity_is_the_relative_eps_error_without_each_condition(result, checkpointed_run):
+    """denoiser/* against the guidance code's route to the same predictions (guided_eps_fn with
+    `dropped`, unit scales), on the pairs' targets noised as the protocol documents."""
+    loaded = pipeline.load_from_workdir(checkpointed_run)
+    examples = DatasetExamples(loaded.config, "test")
+    inputs = encode_conditions(loaded, [examples.person(index) for index in range(NUM_EXAMPLES)])
+    conditions = condition_embeddings(loaded.clip, loaded.clip_params, {k: jnp.asarray(v) for k, v in inputs.items()})
+    truth = np.stack([examples.image(index) for index in range(NUM_EXAMPLES)]).astype(np.float32) / 127.5 - 1.0
+    latents = loaded.model.apply({"params": loaded.params}, jnp.asarray(truth), method=UPGPT.encode)
+    schedule = NoiseSchedule.from_config(loaded.config.diffusion)
+    rng = jax.random.fold_in(jax.random.key(0), 0)  # --seed 0, the first batch
+    unit = {"pose": 1.0, "style": 1.0, "text": 1.0}
+
+    def mean_squared_error(dropped=(), shuffle=False):
+        used = {key: jnp.roll(value, 1, axis=0) for key, value in conditions.items()} if shuffle else conditions
+        eps_fn = guided_eps_fn(loaded.model, loaded.params, jnp.asarray(inputs["person_mask"]), used, unit, dropped)
+        errors = []
+        for index, timestep in enumerate(TIMESTEPS):
+            noise = jax.random.normal(jax.random.fold_in(rng, index), latents.shape, jnp.float32)
+            t = jnp.full((NUM_EXAMPLES,), timestep, jnp.int32)
+            errors.append(np.mean((np.asarray(eps_fn(schedule.add_noise(latents, noise, t), t)) - noise) ** 2))
+        return float(np.mean(errors))
+
+    base = mean_squared_error()
+    assert result.metrics["denoiser/eps_mse"] == pytest.approx(base, rel=1e-4)
+    expected = {"text_dropped": mean_squared_error(("text",)) / base - 1,
+                "style_dropped": mean_squared_error(("style",)) / base - 1,
+                "pose_dropped": mean_squared_error(("pose",)) / base - 1,
+                "all_shuffled": mean_squared_error(shuffle=True) / base - 1}
+    for name, value in expected.items():
+        assert result.metrics[f"denoiser/{name}"] == pytest.approx(value, abs=1e-4)
+    assert max(abs(value) for value in expected.values()) > 1e-3  # the random model does read its conditions
 
 
 def test_eval_cli_writes_the_table_json_and_worst_cases(checkpointed_run, tmp_path):

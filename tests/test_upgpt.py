@@ -110,6 +110,12 @@ def test_eps_loss_is_mse_against_the_noise_on_diffusers_noised_latents(tiny_mode
     expected_weighted = (((eps - noise) ** 2) * weights).mean()
     assert float(weighted) == pytest.approx(expected_weighted, rel=1e-4)
 
+    # Min-SNR-5: per example min(SNR, 5) / SNR, SNR from diffusers' alphas_cumprod.
+    abar = reference.alphas_cumprod.numpy()[timesteps].astype(np.float64)
+    snr = abar / (1 - abar)
+    _, min_snr = eps_loss(model, params, batch, schedule, rng, snr_gamma=5.0)
+    np.testing.assert_allclose(min_snr["loss_per_example"], expected * np.minimum(snr, 5.0) / snr, rtol=1e-4)
+
 
 def test_loss_gradients_reach_unet_and_fusion_only(tiny_model, tiny_config):
     model, params = tiny_model

@@ -109,6 +109,8 @@ def released_config() -> ml_collections.ConfigDict:
         beta_end=0.012,
         num_timesteps=1000,
         prediction="eps",
+        # > 0: Min-SNR-gamma loss weights (upgpt_jax.diffusion.loss); 0: LDM's unweighted loss.
+        snr_gamma=0.0,
     ))
 
     c.optim = ml_collections.ConfigDict(dict(

@@ -17,6 +17,7 @@ def eps_loss(
     rng: jax.Array,
     *,
     train: bool = True,
+    snr_gamma: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """LDM's `loss_simple`: mean over pixels of w * (eps - eps_theta(x_t, t, c))^2, then over the batch.
 
@@ -24,6 +25,12 @@ def eps_loss(
     `style`, `pose` and optionally `style_present`, `drop_text`/`drop_style`/`drop_pose` (see
     `MultimodalFusion`) and `loss_weights` (B, h, w, 1), e.g. a larger weight on the face as in the
     original's data loader. Returns (loss, metrics) with per-example losses for logging.
+
+    `snr_gamma` > 0 weights each example by min(SNR_t, gamma) / SNR_t (Min-SNR-gamma, Hang et
+    al. 2023, for eps prediction; SNR_t = abar_t / (1 - abar_t)): the low-noise timesteps, whose
+    large eps errors dominate the plain loss but say little about the conditions, count less, so
+    the high-noise ones, where text and style decide the colours, get more of each update. 0 is
+    LDM's unweighted loss.
     """
     latents = batch["latents"]
     t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
@@ -42,4 +49,8 @@ def eps_loss(
     if "loss_weights" in batch:
         squared_error = squared_error * batch["loss_weights"].astype(jnp.float32)
     per_example = squared_error.mean(axis=(1, 2, 3))
+    if snr_gamma > 0:
+        abar = schedule.alphas_cumprod[timesteps]
+        snr = abar / (1.0 - abar)
+        per_example = per_example * jnp.minimum(snr, snr_gamma) / snr
     return per_example.mean(), {"loss_per_example": per_example, "timesteps": timesteps}

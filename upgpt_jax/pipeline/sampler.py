@@ -136,6 +136,16 @@ def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, total)
 
 
+def condition_embeddings(clip: Any, clip_params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """`encode_conditions`' arrays -> the fusion's inputs {text, style, pose, style_present}: CLIP
+    text states, and per part the style crop's image embedding or its style text's embedding."""
+    style = jnp.where(batch["style_from_text"][..., None],
+                      encode_style_texts(clip, clip_params, batch["style_text_ids"]),
+                      encode_style_images(clip, clip_params, batch["styles"]))
+    return dict(text=encode_text_tokens(clip, clip_params, batch["text_ids"]), style=style, pose=batch["pose"],
+                style_present=batch["style_present"])
+
+
 def jitted_sampler(model: UPGPT, clip: Any, diffusion: ml_collections.ConfigDict, settings: SamplingSettings,
                     data_sharding: NamedSharding) -> Callable[..., jax.Array]:
     """The jitted conditions -> images function of one model and one set of sampling settings."""
@@ -143,11 +153,7 @@ def jitted_sampler(model: UPGPT, clip: Any, diffusion: ml_collections.ConfigDict
     scales = dict(settings.guidance)
 
     def run(params: Any, clip_params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
-        text = encode_text_tokens(clip, clip_params, batch["text_ids"])
-        style = encode_style_images(clip, clip_params, batch["styles"])
-        style = jnp.where(batch["style_from_text"][..., None],
-                          encode_style_texts(clip, clip_params, batch["style_text_ids"]), style)
-        conditions = dict(text=text, style=style, pose=batch["pose"], style_present=batch["style_present"])
+        conditions = condition_embeddings(clip, clip_params, batch)
         mask = batch["person_mask"]
         latent_shape = mask.shape[1:3] + (model.unet_config["out_channels"],)
         noise = jax.vmap(lambda seed: jax.random.normal(jax.random.key(seed), latent_shape))(batch["seeds"])

@@ -65,6 +65,7 @@ def make_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimizer: 
     is donated (its buffers are reused for the output: do not touch it after the call)."""
     schedule = NoiseSchedule.from_config(config.diffusion)
     dropout_probabilities = dict(config.train.cond_dropout)
+    snr_gamma = float(config.diffusion.get("snr_gamma", 0.0))  # absent in configs saved before it existed
     ema_decay = float(config.train.ema_decay)
     grad_accum_steps = int(config.train.grad_accum_steps)
 
@@ -82,7 +83,8 @@ def make_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimizer: 
         }
 
         def loss_fn(params: Any) -> jax.Array:
-            loss, _ = eps_loss(model, {**params, **state.frozen_params}, batch, schedule, loss_rng)
+            loss, _ = eps_loss(model, {**params, **state.frozen_params}, batch, schedule, loss_rng,
+                               snr_gamma=snr_gamma)
             return loss
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)

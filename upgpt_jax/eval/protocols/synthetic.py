@@ -13,7 +13,10 @@ same noise seeds:
   channel, stays: the model has never seen a sample without one).
 
 Each gets the silhouette IoU of the generated person against the target mask and the part colour
-accuracy against the requested colours (upgpt_jax/eval/synthetic.py). `interpolation` samples a
+accuracy against the requested colours (upgpt_jax/eval/synthetic.py). `denoiser/*` (with the
+ablations) measures the same question where the samples cannot yet show it: how much the
+denoiser's noise error on the true targets grows without each condition (upgpt_jax/eval/denoiser.py).
+`interpolation` samples a
 few pairs' source-to-target pose sweeps with one seed and scores identity consistency across the
 frames. The worst cases (lowest pose-transfer SSIM) go to worst.png.
 """
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from upgpt_jax.eval.denoiser import denoiser_sensitivity
 from upgpt_jax.eval.protocols import EvalOptions, EvalResult, ProtocolError, load_model, register, sampling_settings
 from upgpt_jax.eval.synthetic import (
     TargetLayout, identity_consistency, part_colour_accuracy, pose_transfer_scores, silhouette_iou, target_layout)
@@ -72,6 +76,10 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
         for name, values in scores.items():
             per_example[f"{variant}/{name}"] = [float(value) for value in values]
             metrics[f"{variant}/{name}"] = float(np.nanmean(values))
+
+    if options.ablations:
+        sensitivity = denoiser_sensitivity(loaded, people, truth, options.seed, settings.batch_size)
+        metrics.update({f"denoiser/{name}": value for name, value in sensitivity.items()})
 
     consistency = _interpolation(samplers["pose_transfer"], examples, min(INTERPOLATION_PAIRS, count), image_size,
                                  options.seed)
