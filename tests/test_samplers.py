@@ -206,6 +206,9 @@ def test_noise_follows_the_rng(method):
     np.testing.assert_allclose(alone[0], pair[1], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="3 keys for a batch of 2"):
         draw(keys)
+    # A raw uint32 key (shape (2,)) is one key, not two, even for a batch of two.
+    np.testing.assert_array_equal(draw(jax.random.PRNGKey(5)), draw(jax.random.PRNGKey(5)))
+    assert relative_error(draw(jax.random.PRNGKey(5)), draw(jax.random.PRNGKey(6))) > 1e-2
 
 
 @pytest.mark.parametrize("method", SAMPLERS)

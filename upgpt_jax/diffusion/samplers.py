@@ -81,7 +81,8 @@ def sample(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: jax.Array, rng: jax.Arra
         raise ValueError(f"sampler {method!r} with eta={eta} draws noise: pass an rng key")
     if x_T.ndim < 1:
         raise ValueError(f"x_T must have a leading batch dimension, got shape {x_T.shape}")
-    per_example = stochastic and jnp.ndim(rng) == 1
+    # One key, or one per example: typed keys are scalars, raw uint32 keys (PRNGKey) are (2,) rows.
+    per_example = stochastic and jnp.ndim(rng) == (1 if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) else 2)
     if per_example and rng.shape[0] != x_T.shape[0]:
         raise ValueError(f"rng holds {rng.shape[0]} keys for a batch of {x_T.shape[0]}: pass one key or one per example")
 

@@ -6,8 +6,9 @@ by their global norm first. `decay_steps` > 0 adds a cosine decay after the warm
 `end_learning_rate_factor` * lr at update `decay_steps` (and constant after): short runs (the
 tiny configs' minutes of CPU) end much nearer a minimum that way than at a constant rate. The
 decay is counted in updates, not in `train.num_steps`, so that continuing a run to a larger
-num_steps does not change the rate of the steps already taken. `grad_accum_steps` > 1 wraps it in `optax.MultiSteps`, which
-averages that many micro-batch gradients before one update (the schedule then counts updates).
+num_steps does not change the rate of the steps already taken. `grad_accum_steps` > 1 wraps it
+in `optax.MultiSteps`, which averages that many micro-batch gradients before one update (the
+schedule then counts updates).
 """
 from __future__ import annotations
 
