@@ -29,6 +29,7 @@ def get_config(stage: str = "diffusion") -> ml_collections.ConfigDict:
     model.image_size = (64, 48)  # -> 16x12 latents.
     model.latent_channels = 4
     model.scale_by_std = True
+    model.standardize_conditions = True
     model.unet.update(in_channels=5, out_channels=4, channels=32, channel_mult=(1, 2, 2), attention_levels=(1, 2),
                       num_heads=4, context_dim=64, norm_groups=8)
     model.vae.update(channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, z_channels=4, norm_groups=8)

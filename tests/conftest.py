@@ -38,12 +38,17 @@ def tiny_model(tiny_config):
     """(module, params) of the tiny UPGPT with random non-zero weights."""
     import flax.linen as nn
     import jax
+    import numpy as np
 
     from upgpt_jax.models.upgpt import build_model, example_inputs
 
     model = build_model(tiny_config.model)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), **example_inputs(tiny_config.model))
-    return model, random_params(nn.unbox(shapes)["params"])
+    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), **example_inputs(tiny_config.model)))["params"]
+    params = random_params(shapes)
+    if "condition_stats" in params:  # the identity: random statistics would scale the conditions by ~0.2
+        params["condition_stats"] = {name: (np.ones if name.endswith("_scale") else np.zeros)(leaf.shape, leaf.dtype)
+                                     for name, leaf in shapes["condition_stats"].items()}
+    return model, params
 
 
 def scaled_random_params(params):
@@ -70,7 +75,7 @@ def checkpointed_run(tmp_path_factory, tiny_config, tiny_model):
     state = TrainState(
         step=np.int32(7), params=jax.tree.map(lambda x: x * 0.5, trainable),  # differs from the EMA
         opt_state=optax.adamw(1e-4).init(trainable), ema_params=trainable,
-        frozen_params={name: params[name] for name in FROZEN}, rng=np.asarray(jax.random.PRNGKey(0)),
+        frozen_params={name: params[name] for name in FROZEN if name in params}, rng=np.asarray(jax.random.PRNGKey(0)),
         skipped=np.int32(0))
     directory = tmp_path_factory.mktemp("run")
     checkpointer = Checkpointer(directory / "checkpoints", keep=1, asynchronous=False)

@@ -123,3 +123,36 @@ def test_concat_mode_requires_equal_widths():
     with pytest.raises(ValueError, match="use mode 'learned'"):
         MultimodalFusion(num_parts=P, text_dim=D, style_dim=D, context_dim=2 * D).init(
             jax.random.key(0), text, style, pose)
+
+
+def test_standardized_context_is_the_fusion_of_standardized_embeddings(tiny_config, tiny_model):
+    """UPGPT with standardize_conditions: (x - mean) * scale before the fusion, and the nulls of dropped
+    modalities and absent parts are the fusion's own (not standardized)."""
+    from upgpt_jax.models.upgpt import UPGPT, build_model, example_inputs
+
+    config, plain_config = tiny_config.copy_and_resolve_references(), tiny_config.copy_and_resolve_references()
+    config.model.standardize_conditions, plain_config.model.standardize_conditions = True, False
+    model = build_model(config.model)
+    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), **example_inputs(config.model)))["params"]
+    _, params = tiny_model
+    rng = np.random.default_rng(1)
+    stats = {name: rng.standard_normal(leaf.shape).astype(np.float32) + (2.0 if "scale" in name else 0.0)
+             for name, leaf in shapes["condition_stats"].items()}
+    inputs = example_inputs(config.model, batch_size=3)
+    text = rng.standard_normal(inputs["text"].shape).astype(np.float32)
+    style = rng.standard_normal(inputs["style"].shape).astype(np.float32)
+    pose = rng.standard_normal(inputs["pose"].shape).astype(np.float32)
+    present = np.ones(style.shape[:2], bool)
+    present[0, 1] = False
+    masks = dict(style_present=present, drop_text=np.array([False, True, False]),
+                 drop_style=np.array([False, False, True]), drop_pose=np.array([True, False, False]))
+
+    out = model.apply({"params": {**params, "condition_stats": stats}}, text, style, pose, method=UPGPT.context,
+                      **masks)
+    plain = build_model(plain_config.model)
+    plain_params = {name: tree for name, tree in params.items() if name != "condition_stats"}
+    expected = plain.apply({"params": plain_params}, (text - stats["text_mean"]) * stats["text_scale"],
+                           (style - stats["style_mean"]) * stats["style_scale"], pose, method=UPGPT.context, **masks)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(expected), rtol=1e-5, atol=1e-5)
+    # The dropped text of example 1 is the null text exactly, as without standardization.
+    np.testing.assert_array_equal(np.asarray(out)[1, :text.shape[1]], np.asarray(params["fusion"]["null_text"]))

@@ -8,7 +8,7 @@ import pytest
 
 from upgpt_jax.models.upgpt import UPGPT, build_model
 from upgpt_jax.pipeline.loading import run_config
-from upgpt_jax.train import latent_scale, trainer
+from upgpt_jax.train import condition_stats, latent_scale, trainer
 from upgpt_jax.train.data import training_pipeline
 from upgpt_jax.train.previews import SAMPLES_DIR
 
@@ -39,6 +39,7 @@ def test_diffusion_stage_starts_from_the_trained_vae_and_previews(vae_run, tmp_p
     config = small_config(num_steps=2, sample_every=2, num_previews=2, init_vae_from=str(vae_workdir))
     config.sampling.update(num_steps=2, batch_size=2)
     config.model.scale_by_std = True
+    config.model.update(standardize_conditions=True, condition_stats_examples=20)  # 3 batches of 8
     result = trainer.train(config, tmp_path)
     trained_vae = jax.device_get(vae_result.state.ema_params["vae"])
     used_vae = jax.device_get(result.state.frozen_params["vae"])
@@ -51,6 +52,12 @@ def test_diffusion_stage_starts_from_the_trained_vae_and_previews(vae_run, tmp_p
     expected = 1.0 / np.std(np.asarray(means, np.float64))
     measured = run_config(tmp_path)[0].model.scale_factor
     assert measured == pytest.approx(expected, rel=1e-4)
+
+    # standardize_conditions: statistics of the first 3 batches' CLIP embeddings, frozen through training.
+    expected_stats = reference_condition_stats(config, num_batches=3)
+    measured_stats = jax.device_get(result.state.frozen_params["condition_stats"])
+    for name, value in expected_stats.items():
+        np.testing.assert_allclose(measured_stats[name], value, rtol=2e-4, atol=1e-5, err_msg=name)
 
     grid = tmp_path / SAMPLES_DIR / "step_0000002.png"
     assert grid.is_file()
@@ -71,9 +78,33 @@ def test_diffusion_stage_starts_from_the_trained_vae_and_previews(vae_run, tmp_p
         raise AssertionError("a resumed run measured the scale again")
 
     monkeypatch.setattr(latent_scale, "measure_scale_factor", measure_again)
-    trainer.train(config, tmp_path)
+    monkeypatch.setattr(condition_stats, "measure_condition_stats", measure_again)
+    resumed_result = trainer.train(config, tmp_path)
     resumed, step = run_config(tmp_path)
     assert step == 3 and resumed.model.scale_factor == measured
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed_result.state.frozen_params["condition_stats"]),
+                 measured_stats)
+
+
+def reference_condition_stats(config, num_batches):
+    """Mean per token and feature, 1 / pooled std around it (style: present parts only), in numpy."""
+    from upgpt_jax.models.clip import clip_from_config, encode_style_images, encode_text_tokens
+
+    clip, clip_params = clip_from_config(config.model.clip, seed=config.seed)
+    texts, styles, presents = [], [], []
+    with training_pipeline(config) as pipeline:
+        for _ in range(num_batches):
+            batch = next(pipeline)
+            texts.append(np.asarray(encode_text_tokens(clip, clip_params, batch["text_ids"]), np.float64))
+            styles.append(np.asarray(encode_style_images(clip, clip_params, batch["styles"]), np.float64))
+            presents.append(np.asarray(batch["style_present"], bool))
+    text, style, present = np.concatenate(texts), np.concatenate(styles), np.concatenate(presents)
+    text_mean = text.mean(0)
+    style_mean = np.stack([style[present[:, part], part].mean(0) if present[:, part].any()  # else 0
+                           else np.zeros(style.shape[-1]) for part in range(style.shape[1])])
+    style_deviations = (style - style_mean)[present]
+    return {"text_mean": text_mean, "text_scale": 1.0 / np.sqrt(np.mean(np.square(text - text_mean))),
+            "style_mean": style_mean, "style_scale": 1.0 / np.sqrt(np.mean(np.square(style_deviations)))}
 
 
 def test_a_vae_that_does_not_fit_is_refused(vae_run, tmp_path):

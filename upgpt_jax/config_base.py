@@ -44,6 +44,10 @@ def released_config() -> ml_collections.ConfigDict:
     c.model.latent_channels = 4
     c.model.scale_factor = 0.18215  # Latents are scaled to ~unit variance before diffusion.
     c.model.scale_by_std = False  # True: the diffusion stage measures scale_factor (train/latent_scale.py).
+    # True: the CLIP text/style embeddings are standardized by statistics of the training data,
+    # measured over condition_stats_examples examples when a diffusion run starts (models/fusion.py).
+    c.model.standardize_conditions = False
+    c.model.condition_stats_examples = 256
     c.model.dtype = "float32"  # Compute dtype; "bfloat16" for fast training.
     c.model.param_dtype = "float32"  # Master weights stay fp32.
 

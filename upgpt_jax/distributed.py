@@ -69,6 +69,26 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                                cluster_detection_method=None if auto_detect else "deactivate")
 
 
+def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
+    """Wait until every process reaches the barrier `name` (unique per run), at the jax.distributed
+    coordinator rather than with a device collective: on CPU a gloo collective's first use fails
+    when the processes arrive more than 30 s apart (one still compiling, or loading a checkpoint)."""
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost
+
+    multihost.get_jax_distributed_client().wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
+def compile_then_meet(function: Any, name: str, *args: Any) -> None:
+    """In a multi-process run, compile jitted `function` for `args` (the call that follows reuses
+    the executable) and wait for every process: the first cross-process collective must not find
+    one process still compiling."""
+    if jax.process_count() > 1:
+        function.lower(*args).compile()
+        wait_for_all_processes(f"upgpt_jax: compiled {name}")
+
+
 def is_main_process() -> bool:
     """Whether this process prints and writes the run's logs (process 0)."""
     return jax.process_index() == 0

@@ -1,6 +1,7 @@
 """UPGPT: the trainable latent-diffusion model (UNet + fusion) with its frozen KL autoencoder.
 
-One linen module so that one parameter tree {"unet", "vae", "fusion"} describes the model, one
+One linen module so that one parameter tree {"unet", "vae", "fusion"} (and "condition_stats" with
+`model.standardize_conditions`) describes the model, one
 set of logical-axis rules shards it, and one checkpoint holds it. The frozen CLIP encoders live
 beside it (`upgpt_jax.models.clip`): their outputs are inputs here, so a training run can feed
 precomputed CLIP embeddings instead of re-encoding the conditions at every step.
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from upgpt_jax.models.fusion import MultimodalFusion
+from upgpt_jax.models.fusion import ConditionStandardizer, MultimodalFusion
 from upgpt_jax.models.unet import UNet
 from upgpt_jax.models.vae import AutoencoderKL, DiagonalGaussian
 
@@ -26,6 +27,7 @@ class UPGPT(nn.Module):
     vae_config: Mapping[str, Any]
     fusion_config: Mapping[str, Any]
     scale_factor: float = 0.18215
+    standardize_conditions: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -34,6 +36,8 @@ class UPGPT(nn.Module):
         self.unet = UNet(**self.unet_config, **precision)
         self.vae = AutoencoderKL(**self.vae_config, **precision)
         self.fusion = MultimodalFusion(**self.fusion_config, **precision)
+        if self.standardize_conditions:  # a frozen part "condition_stats" (see ConditionStandardizer)
+            self.condition_stats = ConditionStandardizer(param_dtype=self.param_dtype)
 
     def posterior(self, images: jax.Array) -> DiagonalGaussian:
         """The VAE posterior of images in [-1, 1] (B, H, W, 3), unscaled."""
@@ -51,6 +55,8 @@ class UPGPT(nn.Module):
 
     def context(self, text: jax.Array, style: jax.Array, pose: jax.Array, **masks: jax.Array | None) -> jax.Array:
         """The UNet's cross-attention context; see `MultimodalFusion` for the inputs and masks."""
+        if self.standardize_conditions:
+            text, style = self.condition_stats(text, style)
         return self.fusion(text, style, pose, **masks)
 
     def denoise(self, noisy_latents: jax.Array, person_mask: jax.Array, timesteps: jax.Array,
@@ -77,6 +83,7 @@ def build_model(model_config: ml_collections.ConfigDict) -> UPGPT:
         vae_config=_plain(model_config.vae),
         fusion_config=_plain(model_config.fusion),
         scale_factor=model_config.scale_factor,
+        standardize_conditions=model_config.get("standardize_conditions", False),  # absent in older runs
         dtype=jnp.dtype(model_config.dtype),
         param_dtype=jnp.dtype(model_config.param_dtype),
     )

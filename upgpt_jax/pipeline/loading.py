@@ -75,7 +75,7 @@ def restore_params(workdir: str | os.PathLike, config: ml_collections.ConfigDict
     trainable, frozen = stage_parts(config.train.stage)
     boxed = jax.eval_shape(model.init, jax.random.key(0), **example_inputs(config.model))["params"]
     groups = {"ema_params" if weights == "ema" else "params": trainable, "frozen_params": frozen}
-    boxed = {group: {name: boxed[name] for name in names} for group, names in groups.items()}
+    boxed = {group: {name: boxed[name] for name in names if name in boxed} for group, names in groups.items()}
     shardings = state_shardings(boxed, mesh, config.axis_rules)
     target = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
                           nn.unbox(boxed), shardings)
@@ -140,6 +140,9 @@ def load_from_params(params_dir: str | os.PathLike, config: ml_collections.Confi
     initialised (see the module docstring); a missing UNet or VAE is an error."""
     from upgpt_jax.convert.params_io import load_params
 
+    if config.model.get("standardize_conditions", False):
+        raise ValueError(f"{params_dir}: converted weights carry no condition statistics (a training run here "
+                         "measures them); sample them with model.standardize_conditions=False")
     model, mesh = _placement(config, devices)
     params, metadata = load_params(params_dir)
     missing = [part for part in ("unet", "vae") if part not in params]

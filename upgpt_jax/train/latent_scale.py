@@ -20,7 +20,7 @@ import ml_collections
 from tqdm import tqdm
 
 from upgpt_jax.data.pipeline import make_global_batch
-from upgpt_jax.distributed import host_to_global, is_main_process
+from upgpt_jax.distributed import compile_then_meet, host_to_global, is_main_process
 from upgpt_jax.models.upgpt import UPGPT, build_model, init_params
 from upgpt_jax.models.vae import DiagonalGaussian
 from upgpt_jax.pipeline.loading import load_vae, run_config
@@ -55,7 +55,7 @@ def measure_scale_factor(config: ml_collections.ConfigDict) -> float:
         batch = next(pipeline)
     if config.data.features_dir:
         moments = make_global_batch({"latent_moments": batch["latent_moments"]}, mesh)["latent_moments"]
-        std = jax.jit(lambda m: DiagonalGaussian.from_moments(m).mean.std())(moments)
+        measure, arguments = jax.jit(lambda m: DiagonalGaussian.from_moments(m).mean.std()), (moments,)
     else:
         images = make_global_batch({"image": batch["image"]}, mesh)["image"]
         # Without init_vae_from, the VAE the trainer's initial state holds (same function, same seed).
@@ -65,9 +65,11 @@ def measure_scale_factor(config: ml_collections.ConfigDict) -> float:
         else:
             vae_params = init()["vae"]
         vae_params = host_to_global(jax.device_get(vae_params), replicated(mesh))
-        std = jax.jit(lambda params, x: model.apply({"params": {"vae": params}}, x, method=UPGPT.posterior)
-                      .mean.astype(jnp.float32).std())(vae_params, images)
-    std = float(std)
+        measure = jax.jit(lambda params, x: model.apply({"params": {"vae": params}}, x, method=UPGPT.posterior)
+                          .mean.astype(jnp.float32).std())
+        arguments = (vae_params, images)
+    compile_then_meet(measure, "scale_by_std", *arguments)
+    std = float(measure(*arguments))
     if not std > 0:
         raise ValueError(f"scale_by_std: the first batch's latents have std {std}; cannot scale by it")
     return 1.0 / std

@@ -26,7 +26,7 @@ from upgpt_jax.models.upgpt import UPGPT, example_inputs
 from upgpt_jax.train.optimizer import ema_decay_at, ema_update
 
 TRAINABLE = ("unet", "fusion")
-FROZEN = ("vae",)
+FROZEN = ("vae", "condition_stats")  # condition_stats: only with model.standardize_conditions
 # (trainable, frozen) parts of each training stage (config.train.stage). The VAE stage trains the
 # autoencoder alone and holds nothing else (the UNet and fusion are neither needed nor initialised).
 STAGE_PARTS = {"diffusion": (TRAINABLE, FROZEN), "vae": (("vae",), ())}
@@ -38,7 +38,7 @@ class TrainState:
     params: Any  # {"unet", "fusion"} ({"vae"} in the VAE stage), float32 master weights
     opt_state: Any
     ema_params: Any
-    frozen_params: Any  # {"vae"} ({} in the VAE stage)
+    frozen_params: Any  # {"vae"} (+ "condition_stats"; {} in the VAE stage)
     rng: jax.Array  # uint32[2] raw key (checkpointable as a plain array)
     skipped: jax.Array  # int32: steps whose update was skipped for a non-finite loss or gradient
 
@@ -72,7 +72,7 @@ def _init_boxed(model: UPGPT, model_config: ml_collections.ConfigDict, optimizer
         params=params,
         opt_state=optimizer.init(params),
         ema_params=jax.tree.map(jnp.copy, params),
-        frozen_params={name: variables[name] for name in frozen},
+        frozen_params={name: variables[name] for name in frozen if name in variables},
         rng=jax.random.PRNGKey(train_seed),
         skipped=jnp.zeros((), jnp.int32),
     )

@@ -26,13 +26,14 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from upgpt_jax.data.pipeline import make_global_batch
-from upgpt_jax.distributed import any_process, host_to_global, is_main_process
+from upgpt_jax.distributed import any_process, compile_then_meet, host_to_global, is_main_process
 from upgpt_jax.models.clip import clip_from_config
 from upgpt_jax.models.upgpt import UPGPT, build_model
 from upgpt_jax.pipeline.loading import load_vae
 from upgpt_jax.sharding import make_mesh
 from upgpt_jax.train.checkpointing import Checkpointer, PreemptionSignal
 from upgpt_jax.train.data import training_pipeline
+from upgpt_jax.train.condition_stats import with_condition_stats
 from upgpt_jax.train.latent_scale import resolve_scale_factor
 from upgpt_jax.train.optimizer import make_optimizer
 from upgpt_jax.train.previews import SamplePreviews
@@ -148,7 +149,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     mesh = parts.mesh
     pipeline = training_pipeline(config)
     if last_checkpoint is None:
-        state = initial_state(parts, train_config)
+        state = with_condition_stats(initial_state(parts, train_config), parts, config)
     else:
         state, data_state = checkpointer.restore(last_checkpoint, with_shardings(parts.abstract, parts.shardings))
         pipeline.set_state(data_state)
@@ -170,7 +171,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
             elif config.data.features_dir:  # the batch holds precomputed features already
                 features = make_global_batch(batch, mesh)
             else:
-                features = parts.encode(state.frozen_params, parts.clip_params, make_global_batch(batch, mesh))
+                batch = make_global_batch(batch, mesh)
+                if window_start is None:
+                    compile_then_meet(parts.encode, f"encode {step}", state.frozen_params, parts.clip_params, batch)
+                features = parts.encode(state.frozen_params, parts.clip_params, batch)
+            if window_start is None:
+                compile_then_meet(parts.train_step, f"train step {step}", state, features)
             state, metrics = parts.train_step(state, features)
             metrics = jax.device_get(metrics)
             if window_start is None:  # img/s is timed from the end of the first (compiling) step
