@@ -56,7 +56,7 @@ def test_samples_are_the_pairs_targets_with_the_variant_conditions(result, check
     settings = pipeline.SamplingSettings.from_config(loaded.config.sampling, batch_size=NUM_EXAMPLES, **SAMPLING)
     for label, images in result.worst:
         index = int(label.split(":")[0])
-        source, truth, *samples = images
+        source, truth, reconstruction, *samples = images
         by_variant = dict(zip(VARIANTS, samples))
         np.testing.assert_array_equal(source, examples.image(index, "source"))
         np.testing.assert_array_equal(truth, examples.image(index))
@@ -68,6 +68,29 @@ def test_samples_are_the_pairs_targets_with_the_variant_conditions(result, check
         assert result.per_example["pose_transfer/ssim"][index] == pytest.approx(float(scores["ssim"][0]), abs=1e-6)
         iou = silhouette_iou(by_variant["style_pose"][None], person.mask[None])
         assert result.per_example["style_pose/silhouette_iou"][index] == pytest.approx(float(iou[0]))
+
+
+def test_autoencoder_ceiling_scores_the_vae_reconstructions_of_the_targets(result, checkpointed_run):
+    """autoencoder/*: the targets through the VAE (posterior mean, unscaled latents, decoder), as
+    uint8, scored like the samples; worst.png shows them beside the ground truth."""
+    loaded = pipeline.load_from_workdir(checkpointed_run)
+    examples = DatasetExamples(loaded.config, "test")
+    truth = np.stack([examples.image(index) for index in range(NUM_EXAMPLES)])
+    posterior = loaded.model.apply({"params": loaded.params}, jnp.asarray(truth, jnp.float32) / 127.5 - 1.0,
+                                   method=UPGPT.posterior)
+    decoded = loaded.model.apply({"params": loaded.params}, posterior.mean * loaded.config.model.scale_factor,
+                                 method=UPGPT.decode)
+    expected = np.clip(np.round((np.asarray(decoded, np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    for label, images in result.worst:
+        index = int(label.split(":")[0])
+        assert np.abs(images[2].astype(int) - expected[index]).max() <= 1  # float rounding at .5
+    scores = pose_transfer_scores(expected, truth)
+    masks = np.stack([examples.person(index).mask for index in range(NUM_EXAMPLES)])
+    np.testing.assert_allclose(result.per_example["autoencoder/ssim"], scores["ssim"], atol=1e-3)
+    np.testing.assert_allclose(result.per_example["autoencoder/silhouette_iou"], silhouette_iou(expected, masks),
+                               atol=0.02)
+    assert result.metrics["autoencoder/ssim"] == pytest.approx(np.mean(result.per_example["autoencoder/ssim"]))
+    assert result.details["columns of worst.png"][:3] == ["source", "ground truth", "autoencoder"]
 
 
 def test_denoiser_sensitivity_is_the_relative_eps_error_without_each_condition(result, checkpointed_run):

@@ -163,7 +163,11 @@ def jitted_sampler(model: UPGPT, clip: Any, diffusion: ml_collections.ConfigDict
         rng = jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(seed), 1))(batch["seeds"])
         latents = sample(eps_fn, schedule, noise, rng, method=settings.method, num_steps=settings.num_steps,
                          eta=settings.eta)
-        images = model.apply({"params": params}, latents, method=UPGPT.decode)
-        return jnp.clip(jnp.round((images.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+        return to_uint8(model.apply({"params": params}, latents, method=UPGPT.decode))
 
     return jax.jit(run, out_shardings=data_sharding)
+
+
+def to_uint8(images: jax.Array) -> jax.Array:
+    """Decoded images in about [-1, 1] -> uint8 pixels (rounded, clipped)."""
+    return jnp.clip(jnp.round((images.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)

@@ -16,9 +16,12 @@ Each gets the silhouette IoU of the generated person against the target mask and
 accuracy against the requested colours (upgpt_jax/eval/synthetic.py). `denoiser/*` (with the
 ablations) measures the same question where the samples cannot yet show it: how much the
 denoiser's noise error on the true targets grows without each condition (upgpt_jax/eval/denoiser.py).
-`interpolation` samples a
-few pairs' source-to-target pose sweeps with one seed and scores identity consistency across the
-frames. The worst cases (lowest pose-transfer SSIM) go to worst.png.
+`autoencoder/*` scores the VAE's reconstructions of the targets (posterior mode, decoded) the same
+way: the ceiling of every sample metric, since a sample is a decoded latent too; a sample metric
+near its ceiling is limited by the VAE, not by the diffusion model. `interpolation` samples a few
+pairs' source-to-target pose sweeps with one seed and scores identity consistency across the
+frames. The worst cases (lowest pose-transfer SSIM) go to worst.png, the reconstruction beside the
+ground truth.
 """
 from __future__ import annotations
 
@@ -77,6 +80,11 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
             per_example[f"{variant}/{name}"] = [float(value) for value in values]
             metrics[f"{variant}/{name}"] = float(np.nanmean(values))
 
+    reconstructions = vae_reconstructions(loaded, truth, settings.batch_size)
+    for name, values in _scores(reconstructions, truth, masks, layouts, lpips).items():
+        per_example[f"autoencoder/{name}"] = [float(value) for value in values]
+        metrics[f"autoencoder/{name}"] = float(np.nanmean(values))
+
     if options.ablations:
         sensitivity = denoiser_sensitivity(loaded, people, truth, options.seed, settings.batch_size)
         metrics.update({f"denoiser/{name}": value for name, value in sensitivity.items()})
@@ -87,11 +95,12 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
 
     worst = np.argsort(per_example["pose_transfer/ssim"])[:WORST_CASES]
     rows = [(f"{index}: {per_example['pose_transfer/ssim'][index]:.2f}",  # fits the 48 px label
-             [examples.image(index, "source"), truth[index]] + [samples[variant][index] for variant in samples])
+             [examples.image(index, "source"), truth[index], reconstructions[index]]
+             + [samples[variant][index] for variant in samples])
             for index in worst]
     details = {
         "num_examples": count, "split": "test", "seeds": [seeds[0], seeds[-1]],
-        "columns of worst.png": ["source", "ground truth"] + list(samples),
+        "columns of worst.png": ["source", "ground truth", "autoencoder"] + list(samples),
         "variants": {variant: {"dropped": list(dropped)} for variant, dropped in variants.items()},
         "sampling": dataclasses.asdict(settings), "model": loaded.source,
         "lpips": "computed ([-1, 1] inputs)" if lpips else "skipped: no --lpips_dir",
@@ -99,6 +108,25 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
                           "method": "slerp"},
     }
     return EvalResult("synthetic", metrics, per_example, rows, details)
+
+
+def vae_reconstructions(loaded: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """uint8 images (N, H, W, 3) -> the loaded model's VAE reconstructions (uint8): the posterior
+    mode decoded, in batches of `batch_size` (the last one padded), one jit for all."""
+    import jax
+
+    from upgpt_jax.pipeline.sampler import to_uint8
+    from upgpt_jax.sharding import pad_batch
+
+    def reconstruct(module: Any, x: Any) -> Any:
+        return module.decode(module.encode(x))
+
+    run = jax.jit(lambda params, x: to_uint8(loaded.model.apply({"params": params}, x, method=reconstruct)))
+    batches = []
+    for start in range(0, len(images), batch_size):
+        chunk = np.asarray(images[start:start + batch_size], np.float32) / 127.5 - 1.0
+        batches.append(np.asarray(run(loaded.params, pad_batch(chunk, batch_size)))[:len(chunk)])
+    return np.concatenate(batches)
 
 
 def _layout(record: dict[str, Any], image_size: tuple[int, int]) -> TargetLayout:
