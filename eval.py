@@ -8,7 +8,8 @@
 
 Protocols (upgpt_jax/eval/protocols/): `synthetic` (the embedded dataset's held-out identities:
 silhouette IoU, part colour accuracy, pose-transfer SSIM/PSNR, interpolation identity consistency,
-and the ablations with text, style or pose dropped), `upgpt_pose_transfer` and `upgpt_text_pose`
+the ablations with text, style or pose dropped, and the VAE's reconstructions as the ceiling; a
+VAE-stage workdir gets those alone), `upgpt_pose_transfer` and `upgpt_text_pose`
 (the paper's DeepFashion protocols: SSIM, MS-SSIM, LPIPS, FID). OUT gets metrics.json (the
 table, per-example values, settings) and worst.png (the worst cases). Weights for LPIPS and FID
 are local files only; a metric whose weights are not given is skipped and the JSON says so.

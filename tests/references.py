@@ -98,3 +98,14 @@ def nchw(x: np.ndarray) -> torch.Tensor:
 def nhwc(x: torch.Tensor) -> np.ndarray:
     """A PyTorch NCHW tensor as an NHWC array, to compare with ours."""
     return x.detach().permute(0, 2, 3, 1).numpy()
+
+
+def vae_reconstructions_uint8(model, params, images: np.ndarray) -> np.ndarray:
+    """uint8 images through a UPGPT's VAE by its public methods: the posterior mean (unscaled),
+    the decoder at the model's latent scale, rounded to uint8 in float64."""
+    from upgpt_jax.models.upgpt import UPGPT
+
+    x = np.asarray(images, np.float32) / 127.5 - 1.0
+    posterior = model.apply({"params": params}, x, method=UPGPT.posterior)
+    decoded = model.apply({"params": params}, posterior.mean * model.scale_factor, method=UPGPT.decode)
+    return np.clip(np.round((np.asarray(decoded, np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)

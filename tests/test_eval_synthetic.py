@@ -24,6 +24,8 @@ from upgpt_jax.models.upgpt import UPGPT
 from upgpt_jax.pipeline.sampler import condition_embeddings, encode_conditions
 from upgpt_jax.pipeline.sources import DatasetExamples
 
+from references import vae_reconstructions_uint8  # noqa: E402  (tests/ is on sys.path under pytest)
+
 NUM_EXAMPLES = 2
 SAMPLING = {"num_steps": 2, "guidance": {"pose": 1.0, "style": 1.0, "text": 2.0}}
 
@@ -76,11 +78,7 @@ def test_autoencoder_ceiling_scores_the_vae_reconstructions_of_the_targets(resul
     loaded = pipeline.load_from_workdir(checkpointed_run)
     examples = DatasetExamples(loaded.config, "test")
     truth = np.stack([examples.image(index) for index in range(NUM_EXAMPLES)])
-    posterior = loaded.model.apply({"params": loaded.params}, jnp.asarray(truth, jnp.float32) / 127.5 - 1.0,
-                                   method=UPGPT.posterior)
-    decoded = loaded.model.apply({"params": loaded.params}, posterior.mean * loaded.config.model.scale_factor,
-                                 method=UPGPT.decode)
-    expected = np.clip(np.round((np.asarray(decoded, np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    expected = vae_reconstructions_uint8(loaded.model, loaded.params, truth)
     for label, images in result.worst:
         index = int(label.split(":")[0])
         assert np.abs(images[2].astype(int) - expected[index]).max() <= 1  # float rounding at .5

@@ -12,7 +12,8 @@ from upgpt_jax.train import condition_stats, latent_scale, trainer
 from upgpt_jax.train.data import training_pipeline
 from upgpt_jax.train.previews import SAMPLES_DIR
 
-from test_train import small_config  # noqa: E402  (tests/ is on sys.path under pytest)
+from references import vae_reconstructions_uint8  # noqa: E402  (tests/ is on sys.path under pytest)
+from test_train import small_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,26 @@ def test_vae_stage_trains_the_autoencoder_alone(vae_run):
     for record in records:  # the loss is its terms: L1 + kl_weight * KL (LPIPS off without weights)
         assert record["rec_l1"] > 0 and record["kl"] > 0
         assert record["loss"] == pytest.approx(record["rec_l1"] + 1e-6 * record["kl"] / (3 * 64 * 48), rel=1e-4)
+
+
+def test_eval_scores_a_vae_stage_run_by_its_reconstructions(vae_run, tmp_path):
+    """eval.py --protocol synthetic on a VAE-stage run: autoencoder/* alone, from the run's EMA VAE."""
+    from upgpt_jax.eval.protocols import EvalOptions, load_protocols
+    from upgpt_jax.eval.synthetic import pose_transfer_scores
+    from upgpt_jax.pipeline.sources import DatasetExamples
+
+    workdir, result = vae_run
+    evaluated = load_protocols()["synthetic"](EvalOptions(out_dir=str(tmp_path), workdir=str(workdir),
+                                                          num_examples=3, batch_size=2))
+    assert set(evaluated.metrics) == {f"autoencoder/{name}" for name in ("silhouette_iou", "colour_accuracy",
+                                                                         "ssim", "psnr")}
+    config = run_config(workdir)[0]
+    truth = np.stack([DatasetExamples(config, "test").image(index) for index in range(3)])
+    expected = vae_reconstructions_uint8(build_model(config.model), jax.device_get(result.state.ema_params), truth)
+    reference = pose_transfer_scores(expected, truth)
+    for name in ("ssim", "psnr"):
+        np.testing.assert_allclose(evaluated.per_example[f"autoencoder/{name}"], reference[name], rtol=1e-3)
+    assert [images[1].shape for _, images in evaluated.worst] == [truth.shape[1:]] * 3
 
 
 def test_diffusion_stage_starts_from_the_trained_vae_and_previews(vae_run, tmp_path, monkeypatch):

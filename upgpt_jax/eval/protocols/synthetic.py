@@ -26,7 +26,6 @@ ground truth.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -48,21 +47,15 @@ VARIANTS = {"pose_transfer": (), "text_pose": ("style",), "style_pose": ("text",
 def evaluate_synthetic(options: EvalOptions) -> EvalResult:
     if options.samples_dir:
         raise ProtocolError("--protocol=synthetic samples its own images from the model: drop --samples_dir")
+    if options.workdir and _is_vae_stage_run(options):
+        return _evaluate_autoencoder(options)
     loaded = load_model(options)
     config = loaded.config
-    if config.data.dataset != "synthetic_people":
-        raise ProtocolError(f"--protocol=synthetic needs a model trained on synthetic_people; this run's "
-                            f"dataset is {config.data.dataset!r}")
     from upgpt_jax.pipeline import Sampler
-    from upgpt_jax.pipeline.sources import DatasetExamples
 
-    examples = DatasetExamples(config, "test")
-    count = min(options.num_examples or DEFAULT_NUM_EXAMPLES, len(examples))
-    image_size = tuple(config.model.image_size)
-    people = [examples.person(index) for index in range(count)]
-    truth = np.stack([examples.image(index) for index in range(count)])
-    layouts = [_layout(examples.record(index), image_size) for index in range(count)]
-    masks = np.stack([person.mask for person in people])
+    targets = _Targets.of(config, options.num_examples)
+    examples, people, truth = targets.examples, targets.people, targets.truth
+    count, image_size = len(people), tuple(config.model.image_size)
     seeds = [options.seed + index for index in range(count)]
     settings = sampling_settings(loaded, options)
     lpips = _lpips(options.lpips_dir)
@@ -75,15 +68,10 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
                 for variant, dropped in variants.items()}
     for variant, sampler in samplers.items():
         samples[variant] = sampler(people, seeds, progress=True)
-        scores = _scores(samples[variant], truth, masks, layouts, lpips)
-        for name, values in scores.items():
-            per_example[f"{variant}/{name}"] = [float(value) for value in values]
-            metrics[f"{variant}/{name}"] = float(np.nanmean(values))
+        _add_scores(variant, _scores(samples[variant], targets, lpips), metrics, per_example)
 
-    reconstructions = vae_reconstructions(loaded, truth, settings.batch_size)
-    for name, values in _scores(reconstructions, truth, masks, layouts, lpips).items():
-        per_example[f"autoencoder/{name}"] = [float(value) for value in values]
-        metrics[f"autoencoder/{name}"] = float(np.nanmean(values))
+    reconstructions = vae_reconstructions(loaded.model, loaded.params, truth, settings.batch_size)
+    _add_scores("autoencoder", _scores(reconstructions, targets, lpips), metrics, per_example)
 
     if options.ablations:
         sensitivity = denoiser_sensitivity(loaded, people, truth, options.seed, settings.batch_size)
@@ -110,9 +98,71 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
     return EvalResult("synthetic", metrics, per_example, rows, details)
 
 
-def vae_reconstructions(loaded: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """uint8 images (N, H, W, 3) -> the loaded model's VAE reconstructions (uint8): the posterior
-    mode decoded, in batches of `batch_size` (the last one padded), one jit for all."""
+@dataclasses.dataclass(frozen=True)
+class _Targets:
+    """The first test pairs of the run's synthetic dataset: whom to sample, and what to compare with."""
+
+    examples: Any  # pipeline.sources.DatasetExamples of the test split
+    people: list[Any]
+    truth: np.ndarray  # uint8 (N, H, W, 3) target images
+    layouts: list[TargetLayout]
+    masks: np.ndarray  # the targets' person masks
+
+    @classmethod
+    def of(cls, config: Any, num_examples: int | None) -> _Targets:
+        if config.data.dataset != "synthetic_people":
+            raise ProtocolError(f"--protocol=synthetic needs a model trained on synthetic_people; this run's "
+                                f"dataset is {config.data.dataset!r}")
+        from upgpt_jax.pipeline.sources import DatasetExamples
+
+        examples = DatasetExamples(config, "test")
+        count = min(num_examples or DEFAULT_NUM_EXAMPLES, len(examples))
+        people = [examples.person(index) for index in range(count)]
+        return cls(examples=examples, people=people,
+                   truth=np.stack([examples.image(index) for index in range(count)]),
+                   layouts=[_layout(examples.record(index), tuple(config.model.image_size)) for index in range(count)],
+                   masks=np.stack([person.mask for person in people]))
+
+
+def _is_vae_stage_run(options: EvalOptions) -> bool:
+    from upgpt_jax.pipeline.loading import run_config
+
+    return run_config(options.workdir, options.step)[0].train.stage == "vae"
+
+
+def _evaluate_autoencoder(options: EvalOptions) -> EvalResult:
+    """A VAE-stage run: autoencoder/* alone (its reconstructions of the test targets, scored as
+    samples), i.e. the ceiling a diffusion stage trained on this VAE can reach."""
+    from upgpt_jax.models.upgpt import build_model
+    from upgpt_jax.pipeline.loading import restore_params, run_config
+
+    config, step = run_config(options.workdir, options.step)
+    targets = _Targets.of(config, options.num_examples)
+    params = restore_params(options.workdir, config, step, options.weights)
+    batch_size = options.batch_size or int(config.sampling.batch_size)
+    reconstructions = vae_reconstructions(build_model(config.model), params, targets.truth, batch_size)
+    metrics: dict[str, float] = {}
+    per_example: dict[str, list[float]] = {}
+    _add_scores("autoencoder", _scores(reconstructions, targets, _lpips(options.lpips_dir)), metrics, per_example)
+    worst = np.argsort(per_example["autoencoder/ssim"])[:WORST_CASES]
+    rows = [(f"{index}: {per_example['autoencoder/ssim'][index]:.2f}", [targets.truth[index], reconstructions[index]])
+            for index in worst]
+    details = {"num_examples": len(targets.people), "split": "test", "columns of worst.png": ["ground truth",
+               "autoencoder"], "model": {"workdir": str(options.workdir), "step": step, "weights": options.weights,
+                                        "stage": "vae"}}
+    return EvalResult("synthetic", metrics, per_example, rows, details)
+
+
+def _add_scores(group: str, scores: dict[str, np.ndarray], metrics: dict[str, float],
+                per_example: dict[str, list[float]]) -> None:
+    for name, values in scores.items():
+        per_example[f"{group}/{name}"] = [float(value) for value in values]
+        metrics[f"{group}/{name}"] = float(np.nanmean(values))
+
+
+def vae_reconstructions(model: Any, params: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """uint8 images (N, H, W, 3) -> the VAE reconstructions (uint8) of `model` (UPGPT) with `params`
+    (holding "vae"): the posterior mode decoded, in batches of `batch_size` (the last one padded)."""
     import jax
 
     from upgpt_jax.pipeline.sampler import to_uint8
@@ -121,11 +171,11 @@ def vae_reconstructions(loaded: Any, images: np.ndarray, batch_size: int) -> np.
     def reconstruct(module: Any, x: Any) -> Any:
         return module.decode(module.encode(x))
 
-    run = jax.jit(lambda params, x: to_uint8(loaded.model.apply({"params": params}, x, method=reconstruct)))
+    run = jax.jit(lambda weights, x: to_uint8(model.apply({"params": weights}, x, method=reconstruct)))
     batches = []
     for start in range(0, len(images), batch_size):
         chunk = np.asarray(images[start:start + batch_size], np.float32) / 127.5 - 1.0
-        batches.append(np.asarray(run(loaded.params, pad_batch(chunk, batch_size)))[:len(chunk)])
+        batches.append(np.asarray(run(params, pad_batch(chunk, batch_size)))[:len(chunk)])
     return np.concatenate(batches)
 
 
@@ -135,16 +185,15 @@ def _layout(record: dict[str, Any], image_size: tuple[int, int]) -> TargetLayout
     return target_layout(identity_from_id(int(record["identity"])), np.asarray(record["smpl"]), image_size)
 
 
-def _scores(images: np.ndarray, truth: np.ndarray, masks: np.ndarray, layouts: Sequence[TargetLayout],
-            lpips: Any) -> dict[str, np.ndarray]:
-    """Per-image scores of one variant's samples."""
-    colours = part_colour_accuracy(images, layouts)
+def _scores(images: np.ndarray, targets: _Targets, lpips: Any) -> dict[str, np.ndarray]:
+    """Per-image scores of images generated (or reconstructed) for `targets`."""
+    colours = part_colour_accuracy(images, targets.layouts)
     correct = [np.mean([predicted[part] == layout.requested[part] for part in predicted]) if predicted else np.nan
-               for predicted, layout in zip(colours.predicted, layouts)]
-    scores = {"silhouette_iou": silhouette_iou(images, masks), "colour_accuracy": np.asarray(correct),
-              **pose_transfer_scores(images, truth)}
+               for predicted, layout in zip(colours.predicted, targets.layouts)]
+    scores = {"silhouette_iou": silhouette_iou(images, targets.masks), "colour_accuracy": np.asarray(correct),
+              **pose_transfer_scores(images, targets.truth)}
     if lpips is not None:
-        scores["lpips"] = lpips(images, truth)
+        scores["lpips"] = lpips(images, targets.truth)
     return scores
 
 
