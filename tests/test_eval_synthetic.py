@@ -19,7 +19,8 @@ from upgpt_jax.diffusion import NoiseSchedule, guided_eps_fn
 from upgpt_jax.eval.denoiser import TIMESTEPS
 from upgpt_jax.eval.protocols import EvalOptions, ProtocolError, load_protocols
 from upgpt_jax.eval.protocols.synthetic import VARIANTS
-from upgpt_jax.eval.synthetic import pose_transfer_scores, silhouette_iou
+from upgpt_jax.data.synthetic import identity_from_id
+from upgpt_jax.eval.synthetic import part_colour_accuracy, pose_transfer_scores, silhouette_iou, target_layout
 from upgpt_jax.models.upgpt import UPGPT
 from upgpt_jax.pipeline.sampler import condition_embeddings, encode_conditions
 from upgpt_jax.pipeline.sources import DatasetExamples
@@ -49,9 +50,11 @@ def test_every_variant_is_scored_per_example(result):
 
 
 def test_samples_are_the_pairs_targets_with_the_variant_conditions(result, checkpointed_run):
-    """The rows of worst.png: source, ground truth, then one sample per variant. The style-dropped
-    sample equals a sample of the same person without style crops (absent parts take the same null
-    embedding), and the scores are those of the pictured images against the pair's target."""
+    """The rows of worst.png: source, ground truth, reconstruction, then one sample per variant. The
+    style-dropped sample equals a sample of the same person without style crops (absent parts take
+    the same null embedding); the pose-withheld sample is drawn in the source's person mask without
+    the SMPL token, and its colours are read where the source pose puts the parts. The other scores
+    are those of the pictured images against the pair's target."""
     loaded = pipeline.load_from_workdir(checkpointed_run)
     examples = DatasetExamples(loaded.config, "test")
     assert len(result.worst) == NUM_EXAMPLES
@@ -70,6 +73,20 @@ def test_samples_are_the_pairs_targets_with_the_variant_conditions(result, check
         assert result.per_example["pose_transfer/ssim"][index] == pytest.approx(float(scores["ssim"][0]), abs=1e-6)
         iou = silhouette_iou(by_variant["style_pose"][None], person.mask[None])
         assert result.per_example["style_pose/silhouette_iou"][index] == pytest.approx(float(iou[0]))
+
+        source_mask = examples.person(index, "source").mask
+        assert not np.array_equal(source_mask, person.mask)
+        no_pose = pipeline.Sampler(loaded, dataclasses.replace(settings, dropped=("pose",)))(
+            [dataclasses.replace(person, mask=source_mask)], [index])
+        np.testing.assert_array_equal(by_variant["text_style"], no_pose[0])
+        iou = silhouette_iou(no_pose, person.mask[None])
+        assert result.per_example["text_style/silhouette_iou"][index] == pytest.approx(float(iou[0]))
+        record = examples.record(index)
+        layout = target_layout(identity_from_id(int(record["identity"])), np.asarray(record["source_smpl"]),
+                               no_pose.shape[1:3])
+        predicted = part_colour_accuracy(no_pose, [layout]).predicted[0]
+        expected = np.mean([predicted[part] == layout.requested[part] for part in predicted])
+        assert result.per_example["text_style/colour_accuracy"][index] == pytest.approx(expected)
 
 
 def test_autoencoder_ceiling_scores_the_vae_reconstructions_of_the_targets(result, checkpointed_run):

@@ -9,8 +9,10 @@ same noise seeds:
   SSIM/PSNR (+LPIPS with --lpips_dir) against the rendered ground truth;
 - `text_pose`: style dropped (its null embeddings), so only the text names the colours;
 - `style_pose`: text dropped, so only the style crops show them;
-- `text_style`: the SMPL pose token dropped (the person mask, which the UNet reads as an input
-  channel, stays: the model has never seen a sample without one).
+- `text_style`: the target pose withheld: its SMPL token dropped and the person mask (an input
+  channel the model always has) drawn for the source's pose, so the silhouette IoU against the
+  target shows how much the requested pose steers the person (denoiser/pose_dropped measures the
+  token alone).
 
 Each gets the silhouette IoU of the generated person against the target mask and the part colour
 accuracy against the requested colours (upgpt_jax/eval/synthetic.py). `denoiser/*` (with the
@@ -26,6 +28,7 @@ ground truth.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -39,8 +42,9 @@ DEFAULT_NUM_EXAMPLES = 64
 INTERPOLATION_PAIRS = 4
 INTERPOLATION_FRAMES = 8
 WORST_CASES = 8
-# Variant name -> conditions replaced by their null embeddings.
-VARIANTS = {"pose_transfer": (), "text_pose": ("style",), "style_pose": ("text",), "text_style": ("pose",)}
+# Variant name -> (conditions replaced by their null embeddings, whose pose the person mask shows).
+VARIANTS = {"pose_transfer": ((), "target"), "text_pose": (("style",), "target"), "style_pose": (("text",), "target"),
+            "text_style": (("pose",), "source")}
 
 
 @register("synthetic")
@@ -65,10 +69,15 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
     samples: dict[str, np.ndarray] = {}
     variants = VARIANTS if options.ablations else {"pose_transfer": VARIANTS["pose_transfer"]}
     samplers = {variant: Sampler(loaded, dataclasses.replace(settings, dropped=dropped))
-                for variant, dropped in variants.items()}
+                for variant, (dropped, _) in variants.items()}
     for variant, sampler in samplers.items():
-        samples[variant] = sampler(people, seeds, progress=True)
-        _add_scores(variant, _scores(samples[variant], targets, lpips), metrics, per_example)
+        drawn, colour_layouts = people, None
+        if variants[variant][1] == "source":  # colours are read where the person is drawn; IoU etc. vs the target
+            drawn = [dataclasses.replace(person, mask=examples.person(index, "source").mask)
+                     for index, person in enumerate(people)]
+            colour_layouts = [_layout(examples.record(index), image_size, "source") for index in range(count)]
+        samples[variant] = sampler(drawn, seeds, progress=True)
+        _add_scores(variant, _scores(samples[variant], targets, lpips, colour_layouts), metrics, per_example)
 
     reconstructions = vae_reconstructions(loaded.model, loaded.params, truth, settings.batch_size)
     _add_scores("autoencoder", _scores(reconstructions, targets, lpips), metrics, per_example)
@@ -89,7 +98,8 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
     details = {
         "num_examples": count, "split": "test", "seeds": [seeds[0], seeds[-1]],
         "columns of worst.png": ["source", "ground truth", "autoencoder"] + list(samples),
-        "variants": {variant: {"dropped": list(dropped)} for variant, dropped in variants.items()},
+        "variants": {variant: {"dropped": list(dropped), "person_mask": f"{mask} pose"}
+                     for variant, (dropped, mask) in variants.items()},
         "sampling": dataclasses.asdict(settings), "model": loaded.source,
         "lpips": "computed ([-1, 1] inputs)" if lpips else "skipped: no --lpips_dir",
         "interpolation": {"pairs": min(INTERPOLATION_PAIRS, count), "frames": INTERPOLATION_FRAMES,
@@ -179,17 +189,22 @@ def vae_reconstructions(model: Any, params: Any, images: np.ndarray, batch_size:
     return np.concatenate(batches)
 
 
-def _layout(record: dict[str, Any], image_size: tuple[int, int]) -> TargetLayout:
+def _layout(record: dict[str, Any], image_size: tuple[int, int], side: str = "target") -> TargetLayout:
+    """Where the parts of the pair's person lie in its target (or source) pose."""
     from upgpt_jax.data.synthetic import identity_from_id
 
-    return target_layout(identity_from_id(int(record["identity"])), np.asarray(record["smpl"]), image_size)
+    smpl = record["smpl" if side == "target" else "source_smpl"]
+    return target_layout(identity_from_id(int(record["identity"])), np.asarray(smpl), image_size)
 
 
-def _scores(images: np.ndarray, targets: _Targets, lpips: Any) -> dict[str, np.ndarray]:
-    """Per-image scores of images generated (or reconstructed) for `targets`."""
-    colours = part_colour_accuracy(images, targets.layouts)
+def _scores(images: np.ndarray, targets: _Targets, lpips: Any,
+            colour_layouts: Sequence[TargetLayout] | None = None) -> dict[str, np.ndarray]:
+    """Per-image scores of images generated (or reconstructed) for `targets`; colours are read
+    where `colour_layouts` (default: the targets') place the parts."""
+    layouts = targets.layouts if colour_layouts is None else colour_layouts
+    colours = part_colour_accuracy(images, layouts)
     correct = [np.mean([predicted[part] == layout.requested[part] for part in predicted]) if predicted else np.nan
-               for predicted, layout in zip(colours.predicted, targets.layouts)]
+               for predicted, layout in zip(colours.predicted, layouts)]
     scores = {"silhouette_iou": silhouette_iou(images, targets.masks), "colour_accuracy": np.asarray(correct),
               **pose_transfer_scores(images, targets.truth)}
     if lpips is not None:
