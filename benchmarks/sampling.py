@@ -189,7 +189,7 @@ def benchmark_loop(config: Any, model: Any, params: Any, scales: dict[str, float
 
     inputs = jax.device_put(random_conditions(config.model, batch))
     x_T, person_mask = inputs.pop("x_T"), inputs.pop("person_mask")
-    denoiser_params = {name: params[name] for name in ("unet", "fusion")}
+    denoiser_params = {name: tree for name, tree in params.items() if name != "vae"}  # + condition_stats if used
     return time_jitted("upgpt_jax denoising loop (jax.jit, lax.scan)", denoise,
                        (denoiser_params, person_mask, inputs, x_T), FLAGS.runs, FLAGS.warmup)
 

@@ -14,8 +14,9 @@ no remat recomputation) x img/s / (peak dense bf16 FLOP/s of the devices).
 
 `--peers` (GPU) also times diffusers' PyTorch UNet2DConditionModel of the same shape (the mapping
 tests/test_unet.py checks for parity) with AdamW, forward + backward + step, eager and
-torch.compile, bf16 autocast when --dtype bfloat16, timed the same way (cuda synchronize). The
-peers get a plain random context tensor, so their FLOPs leave out the context's gradient.
+torch.compile (`--peer_compile`), bf16 autocast when --dtype bfloat16, timed the same way (cuda
+synchronize). The peers get a plain random context tensor, so their FLOPs leave out the
+context's gradient.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (defaul
                   flag_values=FLAGS)
 flags.DEFINE_bool("peers", False, "Also time diffusers' PyTorch UNet (GPU only).", flag_values=FLAGS)
 flags.DEFINE_bool("peers_on_cpu", False, "Allow --peers on CPU (a smoke run; use a tiny config).",
+                  flag_values=FLAGS)
+flags.DEFINE_bool("peer_compile", True, "With --peers, also time torch.compile (minutes to compile at full size).",
                   flag_values=FLAGS)
 flags.DEFINE_float("peak_tflops", None, "Peak FLOP/s per device in TFLOP/s (default: table by device kind).",
                    flag_values=FLAGS)
@@ -178,7 +181,7 @@ def benchmark_torch_peers(config: Any, batch: int, steps: int, warmup: int, bf16
             torch.cuda.synchronize()
 
     results = []
-    for compiled in (False, True):
+    for compiled in (False, True) if FLAGS.peer_compile else (False,):
         torch.manual_seed(0)
         model = diffusers_unet(unet).to(device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=float(config.optim.learning_rate),

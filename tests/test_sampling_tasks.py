@@ -35,6 +35,27 @@ def test_loads_the_ema_weights_and_the_run_config(loaded, tiny_model, tiny_confi
     assert tuple(loaded.config.model.image_size) == tuple(tiny_config.model.image_size)
 
 
+def test_converted_weights_bring_their_condition_statistics_or_are_refused(tiny_model, tiny_config, tmp_path):
+    """Converted params that hold condition_stats (e.g. exported from a run here) are sampled with them;
+    without them a standardizing config is refused, naming the folder and the setting to change."""
+    from upgpt_jax.convert.params_io import save_params
+
+    params = scaled_random_params(tiny_model[1])
+    params["condition_stats"] = {name: value + 0.5 for name, value in params["condition_stats"].items()}
+    save_params(tmp_path / "with", params, {"source": "test"})
+    loaded = pipeline.load_from_params(tmp_path / "with", tiny_config)
+    for name, value in params["condition_stats"].items():
+        np.testing.assert_array_equal(np.asarray(loaded.params["condition_stats"][name]), value)
+
+    save_params(tmp_path / "without", {name: tree for name, tree in params.items() if name != "condition_stats"},
+                {"source": "test"})
+    with pytest.raises(ValueError, match="without.*no condition statistics.*standardize_conditions=False"):
+        pipeline.load_from_params(tmp_path / "without", tiny_config)
+    plain = tiny_config.copy_and_resolve_references()
+    plain.model.standardize_conditions = False
+    assert "condition_stats" not in pipeline.load_from_params(tmp_path / "without", plain).params
+
+
 @pytest.fixture(scope="module")
 def outputs(loaded, tmp_path_factory):
     """All four tasks from the dataset's defaults, in one batch job (one compilation)."""

@@ -140,17 +140,19 @@ def load_from_params(params_dir: str | os.PathLike, config: ml_collections.Confi
     initialised (see the module docstring); a missing UNet or VAE is an error."""
     from upgpt_jax.convert.params_io import load_params
 
-    if config.model.get("standardize_conditions", False):
-        raise ValueError(f"{params_dir}: converted weights carry no condition statistics (a training run here "
-                         "measures them); sample them with model.standardize_conditions=False")
     model, mesh = _placement(config, devices)
     params, metadata = load_params(params_dir)
     missing = [part for part in ("unet", "vae") if part not in params]
     if missing:
         raise ValueError(f"{params_dir} lacks the {missing} weights; sampling needs the UNet and the VAE")
+    standardize = config.model.get("standardize_conditions", False)
+    if standardize and "condition_stats" not in params:
+        raise ValueError(f"{params_dir} carries no condition statistics (a training run here measures them; "
+                         "checkpoints from elsewhere have none); sample it with model.standardize_conditions=False")
     fresh_fusion = _fresh_fusion(config)
     fusion = {**fresh_fusion, **params.get("fusion", {})}
-    params = {"unet": params["unet"], "vae": params["vae"], "fusion": fusion}
+    params = {"unet": params["unet"], "vae": params["vae"], "fusion": fusion,
+              **({"condition_stats": params["condition_stats"]} if standardize else {})}
     source = dict(params_dir=str(params_dir), initialised=sorted(set(fresh_fusion) - set(params.get("fusion", {}))),
                   converted_from=metadata.get("source"))
     return _assemble(config, model, mesh, jax.device_put(params, replicated(mesh)), source)
