@@ -37,7 +37,8 @@ def test_loads_the_ema_weights_and_the_run_config(loaded, tiny_model, tiny_confi
 
 def test_converted_weights_bring_their_condition_statistics_or_are_refused(tiny_model, tiny_config, tmp_path):
     """Converted params that hold condition_stats (e.g. exported from a run here) are sampled with them;
-    without them a standardizing config is refused, naming the folder and the setting to change."""
+    without them a standardizing config is refused, naming the folder and the setting to change.
+    Fusion nulls the weights lack are initialised and named in the source."""
     from upgpt_jax.convert.params_io import save_params
 
     params = scaled_random_params(tiny_model[1])
@@ -47,13 +48,17 @@ def test_converted_weights_bring_their_condition_statistics_or_are_refused(tiny_
     for name, value in params["condition_stats"].items():
         np.testing.assert_array_equal(np.asarray(loaded.params["condition_stats"][name]), value)
 
-    save_params(tmp_path / "without", {name: tree for name, tree in params.items() if name != "condition_stats"},
-                {"source": "test"})
+    assert loaded.source["initialised"] == []
+    without = {name: tree for name, tree in params.items() if name != "condition_stats"}
+    without["fusion"] = {name: tree for name, tree in without["fusion"].items() if name != "null_text"}
+    save_params(tmp_path / "without", without, {"source": "test"})
     with pytest.raises(ValueError, match="without.*no condition statistics.*standardize_conditions=False"):
         pipeline.load_from_params(tmp_path / "without", tiny_config)
     plain = tiny_config.copy_and_resolve_references()
     plain.model.standardize_conditions = False
-    assert "condition_stats" not in pipeline.load_from_params(tmp_path / "without", plain).params
+    plain_loaded = pipeline.load_from_params(tmp_path / "without", plain)
+    assert "condition_stats" not in plain_loaded.params
+    assert plain_loaded.source["initialised"] == ["null_text"]  # the missing null is freshly initialised
 
 
 @pytest.fixture(scope="module")

@@ -149,12 +149,11 @@ def load_from_params(params_dir: str | os.PathLike, config: ml_collections.Confi
     if standardize and "condition_stats" not in params:
         raise ValueError(f"{params_dir} carries no condition statistics (a training run here measures them; "
                          "checkpoints from elsewhere have none); sample it with model.standardize_conditions=False")
-    fresh_fusion = _fresh_fusion(config)
-    fusion = {**fresh_fusion, **params.get("fusion", {})}
-    params = {"unet": params["unet"], "vae": params["vae"], "fusion": fusion,
-              **({"condition_stats": params["condition_stats"]} if standardize else {})}
-    source = dict(params_dir=str(params_dir), initialised=sorted(set(fresh_fusion) - set(params.get("fusion", {}))),
+    fresh_fusion, converted_fusion = _fresh_fusion(config), params.get("fusion", {})
+    source = dict(params_dir=str(params_dir), initialised=sorted(set(fresh_fusion) - set(converted_fusion)),
                   converted_from=metadata.get("source"))
+    params = {"unet": params["unet"], "vae": params["vae"], "fusion": {**fresh_fusion, **converted_fusion},
+              **({"condition_stats": params["condition_stats"]} if standardize else {})}
     return _assemble(config, model, mesh, jax.device_put(params, replicated(mesh)), source)
 
 
