@@ -20,7 +20,8 @@ from upgpt_jax.eval.denoiser import TIMESTEPS
 from upgpt_jax.eval.protocols import EvalOptions, ProtocolError, load_protocols
 from upgpt_jax.eval.protocols.synthetic import VARIANTS
 from upgpt_jax.data.synthetic import identity_from_id
-from upgpt_jax.eval.synthetic import part_colour_accuracy, pose_transfer_scores, silhouette_iou, target_layout
+from upgpt_jax.eval.synthetic import (
+    SCORED_PARTS, part_colour_accuracy, pose_transfer_scores, silhouette_iou, target_layout)
 from upgpt_jax.models.upgpt import UPGPT
 from upgpt_jax.pipeline.sampler import condition_embeddings, encode_conditions
 from upgpt_jax.pipeline.sources import DatasetExamples
@@ -45,6 +46,14 @@ def test_every_variant_is_scored_per_example(result):
             assert len(values) == NUM_EXAMPLES
             assert result.metrics[f"{variant}/{metric}"] == pytest.approx(np.nanmean(values))
         assert all(0.0 <= value <= 1.0 for value in result.per_example[f"{variant}/silhouette_iou"])
+        for part in SCORED_PARTS:  # the fraction of the images showing the part that show its colour
+            values = np.array(result.per_example[f"{variant}/colour_accuracy/{part}"])
+            shown = values[~np.isnan(values)]
+            assert set(shown) <= {0.0, 1.0}
+            if shown.size:
+                assert result.metrics[f"{variant}/colour_accuracy/{part}"] == pytest.approx(shown.mean())
+            else:
+                assert np.isnan(result.metrics[f"{variant}/colour_accuracy/{part}"])
     assert {"interpolation/colour_drift", "interpolation/agreement"} <= set(result.metrics)
     assert result.details["lpips"].startswith("skipped")
 
@@ -87,6 +96,12 @@ def test_samples_are_the_pairs_targets_with_the_variant_conditions(result, check
         predicted = part_colour_accuracy(no_pose, [layout]).predicted[0]
         expected = np.mean([predicted[part] == layout.requested[part] for part in predicted])
         assert result.per_example["text_style/colour_accuracy"][index] == pytest.approx(expected)
+        for part in SCORED_PARTS:  # 1 right, 0 wrong, nan: the source pose hides the part
+            value = result.per_example[f"text_style/colour_accuracy/{part}"][index]
+            if part in predicted:
+                assert value == float(predicted[part] == layout.requested[part])
+            else:
+                assert np.isnan(value)
 
 
 def test_autoencoder_ceiling_scores_the_vae_reconstructions_of_the_targets(result, checkpointed_run):

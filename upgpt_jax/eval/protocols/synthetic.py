@@ -15,7 +15,8 @@ same noise seeds:
   token alone).
 
 Each gets the silhouette IoU of the generated person against the target mask and the part colour
-accuracy against the requested colours (upgpt_jax/eval/synthetic.py). `denoiser/*` (with the
+accuracy against the requested colours (upgpt_jax/eval/synthetic.py), overall and per part
+(`colour_accuracy/hair`, `/top`, `/bottom`, `/shoes`: small parts are the first to fail). `denoiser/*` (with the
 ablations) measures the same question where the samples cannot yet show it: how much the
 denoiser's noise error on the true targets grows without each condition (upgpt_jax/eval/denoiser.py).
 `autoencoder/*` scores the VAE's reconstructions of the targets (posterior mode, decoded) the same
@@ -36,7 +37,8 @@ import numpy as np
 from upgpt_jax.eval.denoiser import denoiser_sensitivity
 from upgpt_jax.eval.protocols import EvalOptions, EvalResult, ProtocolError, load_model, register, sampling_settings
 from upgpt_jax.eval.synthetic import (
-    TargetLayout, identity_consistency, part_colour_accuracy, pose_transfer_scores, silhouette_iou, target_layout)
+    SCORED_PARTS, TargetLayout, identity_consistency, part_colour_accuracy, pose_transfer_scores, silhouette_iou,
+    target_layout)
 
 DEFAULT_NUM_EXAMPLES = 64
 INTERPOLATION_PAIRS = 4
@@ -166,8 +168,10 @@ def _evaluate_autoencoder(options: EvalOptions) -> EvalResult:
 def _add_scores(group: str, scores: dict[str, np.ndarray], metrics: dict[str, float],
                 per_example: dict[str, list[float]]) -> None:
     for name, values in scores.items():
+        values = np.asarray(values, np.float64)
         per_example[f"{group}/{name}"] = [float(value) for value in values]
-        metrics[f"{group}/{name}"] = float(np.nanmean(values))
+        scored = values[~np.isnan(values)]  # a part hidden in every pose was never scored
+        metrics[f"{group}/{name}"] = float(np.mean(scored)) if scored.size else float("nan")
 
 
 def vae_reconstructions(model: Any, params: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -203,9 +207,13 @@ def _scores(images: np.ndarray, targets: _Targets, lpips: Any,
     where `colour_layouts` (default: the targets') place the parts."""
     layouts = targets.layouts if colour_layouts is None else colour_layouts
     colours = part_colour_accuracy(images, layouts)
+    # Per image and part: 1.0 right colour, 0.0 wrong, nan where the pose hides the part.
+    by_part = {part: np.array([float(predicted[part] == layout.requested[part]) if part in predicted else np.nan
+                               for predicted, layout in zip(colours.predicted, layouts)]) for part in SCORED_PARTS}
     correct = [np.mean([predicted[part] == layout.requested[part] for part in predicted]) if predicted else np.nan
                for predicted, layout in zip(colours.predicted, layouts)]
     scores = {"silhouette_iou": silhouette_iou(images, targets.masks), "colour_accuracy": np.asarray(correct),
+              **{f"colour_accuracy/{part}": values for part, values in by_part.items()},
               **pose_transfer_scores(images, targets.truth)}
     if lpips is not None:
         scores["lpips"] = lpips(images, targets.truth)
