@@ -38,14 +38,15 @@ def test_vae_stage_trains_the_autoencoder_alone(vae_run):
 def test_eval_scores_a_vae_stage_run_by_its_reconstructions(vae_run, tmp_path):
     """eval.py --protocol synthetic on a VAE-stage run: autoencoder/* alone, from the run's EMA VAE."""
     from upgpt_jax.eval.protocols import EvalOptions, load_protocols
-    from upgpt_jax.eval.synthetic import pose_transfer_scores
+    from upgpt_jax.eval.synthetic import SCORED_PARTS, pose_transfer_scores
     from upgpt_jax.pipeline.sources import DatasetExamples
 
     workdir, result = vae_run
     evaluated = load_protocols()["synthetic"](EvalOptions(out_dir=str(tmp_path), workdir=str(workdir),
                                                           num_examples=3, batch_size=2))
-    assert set(evaluated.metrics) == {f"autoencoder/{name}" for name in ("silhouette_iou", "colour_accuracy",
-                                                                         "ssim", "psnr")}
+    names = ("silhouette_iou", "colour_accuracy", "ssim", "psnr") + tuple(f"colour_accuracy/{part}"
+                                                                          for part in SCORED_PARTS)
+    assert set(evaluated.metrics) == {f"autoencoder/{name}" for name in names}
     config = run_config(workdir)[0]
     truth = np.stack([DatasetExamples(config, "test").image(index) for index in range(3)])
     expected = vae_reconstructions_uint8(build_model(config.model), jax.device_get(result.state.ema_params), truth)

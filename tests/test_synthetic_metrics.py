@@ -3,6 +3,7 @@ and ground-truth renders of the synthetic dataset."""
 
 import numpy as np
 import pytest
+from scipy.ndimage import binary_dilation
 from skimage.color import rgb2lab
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -65,13 +66,15 @@ def test_mask_iou_hand_computed():
 
 
 def test_segmentation_of_a_hand_made_image():
-    """Sure pixels plus faint ones connected to them; an isolated faint speck stays background."""
+    """Sure pixels plus faint ones connected to them; an isolated faint speck, and a connected pixel
+    closer to the background than the just-noticeable difference, stay background."""
     background = (214, 222, 232)
     image = np.broadcast_to(np.array(background, np.uint8), (12, 10, 3)).copy()
     image[3:7, 3:6] = CLOTHING_COLOURS["red"]
-    image[7, 4] = (205, 213, 224)  # a faint rim pixel below the red block (Delta E ~ 3)
-    image[8, 4] = (210, 218, 229)  # and another one below it
-    image[1, 8] = (205, 213, 224)  # the same faint colour, isolated
+    image[7, 4] = (205, 213, 224)  # a faint rim pixel below the red block (Delta E 3.2)
+    image[8, 4] = (206, 214, 225)  # and another one below it (2.8)
+    image[9, 4] = (210, 218, 229)  # below that, an imperceptible one (1.5)
+    image[1, 8] = (205, 213, 224)  # the faint colour, isolated
     expected = np.zeros((12, 10), bool)
     expected[3:7, 3:6] = True
     expected[7:9, 4] = True
@@ -81,10 +84,11 @@ def test_segmentation_of_a_hand_made_image():
 
 
 def test_ground_truth_renders_score_perfectly(ground_truth):
+    """Up to the rims too faintly covered to see (the renderer's mask is any coverage)."""
     images, masks, layouts = ground_truth["images"], ground_truth["masks"], ground_truth["layouts"]
-    assert silhouette_iou(images, masks).min() >= 0.97
     backgrounds = [identity.background for identity in ground_truth["identities"]]
-    assert silhouette_iou(images, masks, backgrounds).min() >= 0.97
+    for iou in (silhouette_iou(images, masks), silhouette_iou(images, masks, backgrounds)):
+        assert iou.mean() >= 0.97 and iou.min() >= 0.92
     for layout, mask in zip(layouts, masks):
         np.testing.assert_array_equal(layout.mask, mask)
     accuracy = part_colour_accuracy(images, layouts, parts=SCORED_PARTS + ("skin",))
@@ -152,6 +156,20 @@ def test_part_colour_accuracy_on_hand_painted_images(ground_truth):
     only_top = TargetLayout(layout.mask, {"top": layout.part_pixels["top"]}, requested)
     striped = part_colour_accuracy(np.stack(stripes).astype(np.uint8), [only_top, only_top], parts=("top",))
     assert [p["top"] for p in striped.predicted] == [requested["top"], wrong_name]
+
+
+def test_an_imperceptible_ripple_around_the_person_is_not_person(ground_truth):
+    """A decoder's ripple: a 2-pixel band around the person, 1.8 Delta E off the background (below the
+    just-noticeable difference), touching the person; the rest of the background stays flat."""
+    images, masks = ground_truth["images"], ground_truth["masks"]
+    rippled = images.copy()
+    for image, mask, identity in zip(rippled, masks, ground_truth["identities"]):
+        band = binary_dilation(mask, np.ones((3, 3), bool), iterations=2) & ~mask
+        shifted = np.clip(np.array(identity.background) - 4, 0, 255)
+        distance = np.linalg.norm(rgb_to_lab(shifted / 255.0) - rgb_to_lab(np.array(identity.background) / 255.0))
+        assert 1.0 < distance < 2.3
+        image[band] = shifted
+    np.testing.assert_array_equal(silhouette_iou(rippled, masks), silhouette_iou(images, masks))
 
 
 def test_noisy_background_is_not_person(ground_truth):
