@@ -138,7 +138,7 @@ def person_segmentation(image: np.ndarray, background: Sequence[float] | None = 
     truth is flat, and the border ring far from the person is too clean to raise the threshold
     above it. With a floor of 1 Delta E that ripple counted as person, and the silhouette IoU
     of the synthetic VAE's reconstructions fell from 0.76 to 0.73 as its L1 error fell from
-    0.036 to 0.029 (64 test targets); at 2.3 they score 0.80 and 0.82. On ground-truth renders
+    0.036 to 0.029 (64 test targets); at 2.3 they score 0.79 and 0.81. On ground-truth renders
     (a flat background, so the weak threshold is 2.3) this recovers the renderer's mask to IoU
     0.926-1.0 (mean 0.978, 10th percentile 0.965 over 100 test-split examples); the pixels it
     misses are rims covered so little by a low-contrast part that they look like background.
