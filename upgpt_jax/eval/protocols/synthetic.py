@@ -16,9 +16,10 @@ same noise seeds:
 
 Each gets the silhouette IoU of the generated person against the target mask and the part colour
 accuracy against the requested colours (upgpt_jax/eval/synthetic.py), overall and per part
-(`colour_accuracy/hair`, `/top`, `/bottom`, `/shoes`: small parts are the first to fail). `denoiser/*` (with the
-ablations) measures the same question where the samples cannot yet show it: how much the
-denoiser's noise error on the true targets grows without each condition (upgpt_jax/eval/denoiser.py).
+(`colour_accuracy/hair`, `/top`, `/bottom`, `/shoes`: small parts are the first to fail).
+`denoiser/*` (with the ablations) measures the same question where the samples cannot yet show
+it: how much the denoiser's noise error on the true targets grows without each condition
+(upgpt_jax/eval/denoiser.py).
 `autoencoder/*` scores the VAE's reconstructions of the targets (posterior mode, decoded) the same
 way: the ceiling of every sample metric, since a sample is a decoded latent too; a sample metric
 near its ceiling is limited by the VAE, not by the diffusion model. `interpolation` samples a few
@@ -170,8 +171,13 @@ def _add_scores(group: str, scores: dict[str, np.ndarray], metrics: dict[str, fl
     for name, values in scores.items():
         values = np.asarray(values, np.float64)
         per_example[f"{group}/{name}"] = [float(value) for value in values]
-        scored = values[~np.isnan(values)]  # a part hidden in every pose was never scored
-        metrics[f"{group}/{name}"] = float(np.mean(scored)) if scored.size else float("nan")
+        metrics[f"{group}/{name}"] = float(_scored_mean(values))
+
+
+def _scored_mean(values: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """The mean of the non-nan values (nan marks a part the pose hides), nan where none was scored."""
+    scored = ~np.isnan(values)
+    return np.where(scored.any(axis), np.nansum(values, axis) / np.maximum(scored.sum(axis), 1), np.nan)
 
 
 def vae_reconstructions(model: Any, params: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -210,9 +216,8 @@ def _scores(images: np.ndarray, targets: _Targets, lpips: Any,
     # Per image and part: 1.0 right colour, 0.0 wrong, nan where the pose hides the part.
     by_part = {part: np.array([float(predicted[part] == layout.requested[part]) if part in predicted else np.nan
                                for predicted, layout in zip(colours.predicted, layouts)]) for part in SCORED_PARTS}
-    correct = [np.mean([predicted[part] == layout.requested[part] for part in predicted]) if predicted else np.nan
-               for predicted, layout in zip(colours.predicted, layouts)]
-    scores = {"silhouette_iou": silhouette_iou(images, targets.masks), "colour_accuracy": np.asarray(correct),
+    correct = _scored_mean(np.stack(list(by_part.values()), axis=1), axis=1)  # per image, over its shown parts
+    scores = {"silhouette_iou": silhouette_iou(images, targets.masks), "colour_accuracy": correct,
               **{f"colour_accuracy/{part}": values for part, values in by_part.items()},
               **pose_transfer_scores(images, targets.truth)}
     if lpips is not None:
