@@ -199,12 +199,12 @@ def benchmark_end_to_end(config: Any, model: Any, params: Any, clip: tuple[Any, 
     import jax
 
     from upgpt_jax.pipeline.sampler import SamplingSettings, jitted_sampler
-    from upgpt_jax.sharding import batch_sharding, make_mesh
+    from upgpt_jax.sharding import make_mesh
 
     settings = SamplingSettings(method="ddim", num_steps=FLAGS.num_steps, eta=0.0,
                                 guidance=tuple(sorted(scales.items())), batch_size=batch)
     mesh = make_mesh({"data": 1}, jax.devices()[:1])
-    run = jitted_sampler(model, clip[0], config.diffusion, settings, batch_sharding(mesh))
+    run = jitted_sampler(model, clip[0], config.diffusion, settings, mesh, config.axis_rules)
     inputs = jax.device_put(random_pipeline_batch(config.model, batch))
     return time_jitted("upgpt_jax end to end: CLIP + loop + VAE decode (jax.jit)", run, (params, clip[1], inputs),
                        FLAGS.runs, FLAGS.warmup)

@@ -128,12 +128,12 @@ def benchmark_jax(config: Any, batch: int, steps: int, warmup: int) -> dict[str,
     from upgpt_jax.train.state import abstract_state, make_init_fn, with_shardings
     from upgpt_jax.train.step import make_train_step
 
-    mesh = make_mesh(config.mesh)
+    mesh = make_mesh(config.mesh, None, config.get("mesh_dcn"))
     model = build_model(config.model)
     optimizer = make_optimizer(config.optim, config.train.grad_accum_steps)
     abstract, shardings = abstract_state(model, config, optimizer, mesh)
     train_step = make_train_step(model, config, optimizer, shardings, mesh)
-    features = make_global_batch(random_features(config.model, batch), mesh)
+    features = make_global_batch(random_features(config.model, batch), mesh, config.axis_rules)
 
     start = time.perf_counter()
     lowered = train_step.lower(with_shardings(abstract, shardings), features)

@@ -252,6 +252,7 @@ def test_features_mode_passes_features_through():
 GLOBAL_BATCH_SCRIPT = textwrap.dedent("""
     import jax
     from jax.sharding import PartitionSpec
+    from upgpt_jax.config_base import DEFAULT_AXIS_RULES
     from upgpt_jax.data.pipeline import InputPipeline, global_batches, make_global_batch
     from upgpt_jax.data.transforms import FeatureTransform
     from upgpt_jax.sharding import make_mesh
@@ -261,7 +262,7 @@ GLOBAL_BATCH_SCRIPT = textwrap.dedent("""
     assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
     pipeline = InputPipeline([feature_record(i) for i in range(20)], 16, FeatureTransform(), seed=2, prefetch=0)
     expected = InputPipeline([feature_record(i) for i in range(20)], 16, FeatureTransform(), seed=2, prefetch=0)
-    batch = next(global_batches(pipeline, mesh))
+    batch = next(global_batches(pipeline, mesh, DEFAULT_AXIS_RULES))
     local = next(expected)
     assert batch["latent_moments"].shape == (16, 8, 6, 8), batch["latent_moments"].shape
     assert batch["text_embedding"].shape == (16, 77, 16)
@@ -276,7 +277,7 @@ GLOBAL_BATCH_SCRIPT = textwrap.dedent("""
                 assert shard.data.shape[0] == 2, shard.data.shape
                 np.testing.assert_array_equal(np.asarray(shard.data), local[name][rows])
     try:
-        make_global_batch({"x": np.zeros((6, 3))}, mesh)
+        make_global_batch({"x": np.zeros((6, 3))}, mesh, DEFAULT_AXIS_RULES)
     except ValueError as error:
         assert "8 shards" in str(error), error
     else:

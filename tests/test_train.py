@@ -209,11 +209,11 @@ def test_consecutive_nan_losses_stop_training_and_keep_the_last_good_checkpoint(
     config = small_config(num_steps=20, checkpoint_every=1, max_consecutive_nan=3)
     real_make_global_batch, steps = trainer.make_global_batch, []
 
-    def poisoned_after_two_steps(local_batch, mesh):
+    def poisoned_after_two_steps(local_batch, mesh, rules):
         steps.append(len(steps) + 1)
         if len(steps) > 2:  # NaN images -> NaN latents -> NaN loss
             local_batch = {**local_batch, "image": np.full_like(local_batch["image"], np.nan)}
-        return real_make_global_batch(local_batch, mesh)
+        return real_make_global_batch(local_batch, mesh, rules)
 
     monkeypatch.setattr(trainer, "make_global_batch", poisoned_after_two_steps)
     result = trainer.train(config, tmp_path)
@@ -297,7 +297,8 @@ leaves = [initial[f"arr_{index}"] for index in range(len(initial.files))]
 state = jax.device_put(jax.tree.unflatten(jax.tree.structure(sharded.abstract), leaves), sharded.shardings)
 losses = []
 for seed in range(2):
-    state, metrics = sharded.train_step(state, make_global_batch(random_features(config, seed), sharded.mesh))
+    features = make_global_batch(random_features(config, seed), sharded.mesh, config.axis_rules)
+    state, metrics = sharded.train_step(state, features)
     losses.append((float(metrics["loss"]), float(metrics["grad_norm"])))
 expected = np.load("params.npz")
 got = jax.tree.leaves(jax.device_get(state.params))

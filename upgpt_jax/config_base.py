@@ -14,11 +14,22 @@ STYLE_PARTS: tuple[str, ...] = (
     "face", "hair", "headwear", "background", "top", "outer", "bottom", "shoes", "accessories",
 )
 
-# Logical axis name -> mesh axis. Parameters are named with these logical axes
-# (nn.with_logical_partitioning); the rules decide how they are sharded. Large weight
+# Logical axis name -> mesh axis (upgpt_jax.sharding). Parameters are named with these logical
+# axes (nn.with_logical_partitioning); the rules decide how they are sharded. Large weight
 # dimensions go to "fsdp"; "tensor" is reserved for tensor parallelism (size 1 by default).
-DEFAULT_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
+# "batch" places the batch dimension of every input batch and of the activations alike.
+DEFAULT_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
+    # Activations (constrained at the UNet's block boundaries, models/layers.py). Megatron-style
+    # tensor parallelism: attention heads and the feed-forward hidden are split over "tensor", the
+    # residual stream and conv channels stay whole (convolutions are data/FSDP parallel only).
+    ("activation_height", None),
+    ("activation_width", None),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_mlp", "tensor"),
     ("conv_height", None),
     ("conv_width", None),
     ("conv_in", None),
@@ -185,6 +196,9 @@ def released_config() -> ml_collections.ConfigDict:
     ))
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # When the devices span several slices (TPU multislice): how many slices each mesh axis spans
+    # (-1: the slices left over); `mesh` stays the whole mesh's shape (upgpt_jax.sharding.make_mesh).
+    c.mesh_dcn = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.axis_rules = DEFAULT_AXIS_RULES
     c.seed = 0
     return c

@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from upgpt_jax.data.transforms import Batch, Record
-from upgpt_jax.sharding import BATCH_AXES, batch_sharding
+from upgpt_jax.sharding import batch_axes, batch_sharding, batch_shards
 
 STATE_KEYS = ("seed", "epoch", "position")
 
@@ -193,26 +193,36 @@ class _Prefetcher:
         self._thread.join()
 
 
-def make_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """This host's batch -> global `jax.Array`s, batch dim split over the mesh's data and fsdp axes.
+def make_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh, rules: Any) -> dict[str, jax.Array]:
+    """This host's batch -> global `jax.Array`s, batch dim split over the mesh axes of the axis
+    `rules`' "batch" entry (config.axis_rules).
 
     Every host calls this with its own share; on a `make_mesh` mesh (devices in process order)
     host p's rows become global rows [p * local, (p + 1) * local), matching the pipeline's order.
+    Each host's devices must hold rows no other host's hold, which a batch rule replicating the
+    batch across hosts would break (refused: every host would need the same rows).
     """
-    sharding = batch_sharding(mesh)
-    shards = int(np.prod([mesh.shape[axis] for axis in BATCH_AXES]))
+    sharding = batch_sharding(mesh, rules)
+    shards, axes = batch_shards(mesh, rules), " x ".join(batch_axes(rules)) or "no"
     global_batch = {}
     for name, value in local_batch.items():
         value = np.asarray(value)
         rows = value.shape[0] * jax.process_count()
         if rows % shards:
             raise ValueError(f"batch field {name!r}: global batch of {rows} rows cannot be split over the "
-                             f"mesh's {' x '.join(BATCH_AXES)} axes ({shards} shards)")
-        global_batch[name] = jax.make_array_from_process_local_data(sharding, value, (rows,) + value.shape[1:])
+                             f"mesh's {axes} axes ({shards} shards)")
+        shape = (rows,) + value.shape[1:]
+        if jax.process_count() > 1:
+            held = {index[0].indices(rows) for index in sharding.addressable_devices_indices_map(shape).values()}
+            if sum(stop - start for start, stop, _ in held) != value.shape[0]:
+                raise ValueError(f"batch field {name!r}: this host's devices hold {sorted(held)} of the {rows} "
+                                 f"rows, not {value.shape[0]} of their own: the batch rule ({axes} axes) must "
+                                 "split the batch over every process")
+        global_batch[name] = jax.make_array_from_process_local_data(sharding, value, shape)
     return global_batch
 
 
-def global_batches(pipeline: InputPipeline, mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
+def global_batches(pipeline: InputPipeline, mesh: Mesh, rules: Any) -> Iterator[dict[str, jax.Array]]:
     """The pipeline's batches as global arrays on `mesh` (its state stays readable on `pipeline`)."""
     for local_batch in pipeline:
-        yield make_global_batch(local_batch, mesh)
+        yield make_global_batch(local_batch, mesh, rules)

@@ -16,11 +16,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from upgpt_jax.diffusion import NoiseSchedule
+from upgpt_jax.distributed import host_to_global
 from upgpt_jax.models.upgpt import UPGPT
 from upgpt_jax.pipeline.sampler import condition_embeddings, encode_conditions
-from upgpt_jax.sharding import pad_batch
+from upgpt_jax.sharding import batch_sharding, batch_shards, on_mesh, pad_batch
 
 TIMESTEPS = (250, 500, 750)
 # Variant -> (drop masks, whether the conditions come from the batch's next example).
@@ -40,13 +42,19 @@ def denoiser_sensitivity(loaded: Any, people: Sequence[Any], images: np.ndarray,
     if usable < 2:
         raise ValueError(f"denoiser_sensitivity needs at least 2 people, got {len(people)}")
     schedule = NoiseSchedule.from_config(loaded.config.diffusion)
-    errors_of = _squared_errors(loaded.model, loaded.clip, schedule, tuple(int(t) for t in timesteps))
+    mesh, rules = loaded.mesh, loaded.config.axis_rules
+    errors_of = _squared_errors(loaded.model, loaded.clip, schedule, tuple(int(t) for t in timesteps), mesh, rules)
+    # Padded up to the mesh's batch shards with copies of the last row, which is also what the
+    # first row's shuffled conditions come from: the numbers do not depend on the mesh.
+    shards = batch_shards(mesh, rules)
+    padded_size = -(-batch_size // shards) * shards
     sums: dict[str, float] = {}
     for start in range(0, usable, batch_size):
         stop = min(start + batch_size, usable)
         inputs = encode_conditions(loaded, people[start:stop])
         inputs["image"] = np.asarray(images[start:stop], np.float32) / 127.5 - 1.0
-        padded = {key: jnp.asarray(pad_batch(value, batch_size)) for key, value in inputs.items()}
+        padded = host_to_global({key: pad_batch(value, padded_size) for key, value in inputs.items()},
+                                batch_sharding(mesh, rules))
         errors = errors_of(loaded.params, loaded.clip_params, padded, jax.random.fold_in(jax.random.key(seed), start))
         for name, values in errors.items():
             sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values)[:stop - start]))
@@ -54,9 +62,10 @@ def denoiser_sensitivity(loaded: Any, people: Sequence[Any], images: np.ndarray,
     return {"eps_mse": base / usable, **{name: value / base - 1.0 for name, value in sums.items()}}
 
 
-def _squared_errors(model: UPGPT, clip: Any, schedule: NoiseSchedule, timesteps: tuple[int, ...]) -> Any:
+def _squared_errors(model: UPGPT, clip: Any, schedule: NoiseSchedule, timesteps: tuple[int, ...], mesh: Mesh,
+                    rules: Any) -> Any:
     """jitted (params, clip_params, inputs, rng) -> {variant or "all": per-example eps MSE (B,)},
-    averaged over `timesteps`."""
+    averaged over `timesteps`; batch-sharded on `mesh` by the axis `rules`."""
 
     def run(params: Any, clip_params: Any, inputs: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
         conditions = condition_embeddings(clip, clip_params, inputs)
@@ -88,4 +97,4 @@ def _squared_errors(model: UPGPT, clip: Any, schedule: NoiseSchedule, timesteps:
                 totals[name] += eps_error(noisy, t, noise, drops, shuffle) / len(timesteps)
         return totals
 
-    return jax.jit(run)
+    return jax.jit(on_mesh(run, mesh, rules), out_shardings=batch_sharding(mesh, rules))

@@ -28,14 +28,15 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 from PIL import Image
 
 from upgpt_jax.eval.fid import FeatureStatistics, frechet_distance, kernel_inception_distance
 from upgpt_jax.eval.image_metrics import ms_ssim, ssim
 from upgpt_jax.eval.inception import inception_features, load_fid_inception
 from upgpt_jax.eval.lpips import load_lpips_from_folder
+from upgpt_jax.eval.placement import eval_mesh, padded_size, place_batch, replicate
 from upgpt_jax.eval.protocols import ProtocolError
-from upgpt_jax.sharding import pad_batch
 
 ORIGINAL_CROP = (256, 176)  # (height, width): the original's test-step crop_size
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # the original's Loader reads *.jpg and *.png
@@ -168,13 +169,15 @@ def load_metric_networks(lpips: WeightsSpec, inception: WeightsSpec) -> tuple[An
 
 def evaluate_folders(gt_dir: str | os.PathLike, sample_dir: str | os.PathLike,
                      crop: tuple[int, int] = ORIGINAL_CROP, lpips: WeightsSpec = None, inception: WeightsSpec = None,
-                     batch_size: int = 50, names: Sequence[str] | None = None) -> FolderMetrics:
+                     batch_size: int = 50, names: Sequence[str] | None = None, mesh: Mesh | None = None,
+                     rules: Any = None) -> FolderMetrics:
     """The original's metrics of `sample_dir` against `gt_dir` (module docstring).
 
     `lpips`: a folder for `load_lpips_from_folder(folder, "vgg")` or a loaded (module, params);
     `inception`: pytorch-fid's weight file (or a folder holding it) or a loaded (module, params)
     (`load_fid_inception`'s, or any module mapping [0, 1] NHWC images to (B, D) features);
-    `names`: evaluate only these images (e.g. the first N of a protocol), else all of them.
+    `names`: evaluate only these images (e.g. the first N of a protocol), else all of them;
+    `mesh`, `rules`: where the batches run (eval.placement.eval_mesh: default every device).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -186,13 +189,18 @@ def evaluate_folders(gt_dir: str | os.PathLike, sample_dir: str | os.PathLike,
         notes["ms_ssim"] = (f"skipped: the {crop[0]}x{crop[1]} crop is too small (MS-SSIM needs a side > "
                             f"{MS_SSIM_MIN_SIDE})")
     batch = min(batch_size, len(files))
+    mesh, rules = eval_mesh(mesh, rules)
+    size = padded_size(batch, mesh, rules)
+    lpips_net = None if lpips_net is None else (lpips_net[0], replicate(lpips_net[1], mesh))
+    inception_net = None if inception_net is None else (inception_net[0], replicate(inception_net[1], mesh))
     per_image: dict[str, list[np.ndarray]] = {}
     features: dict[str, list[np.ndarray]] = {"gt": [], "samples": []}
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
         truths = np.stack([read_cropped(gt, crop) for _, gt, _ in chunk]).astype(np.float32) / 255.0
         samples = np.stack([read_cropped(sample, crop) for _, _, sample in chunk]).astype(np.float32) / 255.0
-        truths, samples = pad_batch(truths, batch), pad_batch(samples, batch)
+        placed = place_batch({"truths": truths, "samples": samples}, size, mesh, rules)
+        truths, samples = placed["truths"], placed["samples"]
         scores = dict(_structural_scores(samples, truths, with_ms_ssim))
         if lpips_net is not None:
             scores.update(_lpips_scores(lpips_net[0], lpips_net[1], samples, truths))

@@ -8,6 +8,12 @@ diffusers state dict onto these parameters by a generic rule.
 
 Precision: matmuls and convolutions run in `dtype`; GroupNorm/LayerNorm statistics and attention
 logits/softmax are always computed in float32, so bfloat16 compute stays stable.
+
+Activations are pinned by logical names at block boundaries (`constrain`: res-block outputs,
+attention q/k/v and outputs; the UNet adds its transformer blocks): under the jitted train step
+or sampler, XLA then shards them as the config's rules say, batch over data/FSDP and heads over
+"tensor", instead of guessing from the weights (e.g. all-gathering activations rather than the
+FSDP-sharded weights). Outside such a trace the constraints do nothing.
 """
 
 from __future__ import annotations
@@ -19,12 +25,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from upgpt_jax.sharding import constrain
+
 Array = jax.Array
 Dtype = jnp.dtype | type
 Initializer = Callable[..., Array]
 
 CONV_AXES = ("conv_height", "conv_width", "conv_in", "conv_out")
 NORM_AXES = ("norm",)
+# Logical names of activations (rules in config_base.DEFAULT_AXIS_RULES).
+IMAGE_ACTIVATION = ("batch", "activation_height", "activation_width", "activation_embed")
+TOKEN_ACTIVATION = ("batch", "activation_length", "activation_embed")
+HEAD_ACTIVATION = ("batch", "activation_length", "activation_heads", "activation_kv")
+MLP_ACTIVATION = ("batch", "activation_length", "activation_mlp")
 
 
 def partitioned_dense(
@@ -154,16 +167,17 @@ def multi_head_attention(
             param_dtype=param_dtype,
         )
         projected = dense(inputs)
-        return projected.reshape(projected.shape[:2] + (num_heads, head_dim))
+        return constrain(projected.reshape(projected.shape[:2] + (num_heads, head_dim)), HEAD_ACTIVATION)
 
     query = project("to_q", hidden, "embed")
     key = project("to_k", source, source_axis)
     value = project("to_v", source, source_axis)
     attended = jax.nn.dot_product_attention(query, key, value, implementation=implementation)
-    attended = attended.reshape(batch, length, width)
-    return partitioned_dense(
+    attended = constrain(attended, HEAD_ACTIVATION).reshape(batch, length, width)
+    out = partitioned_dense(
         width, ("heads", "embed"), name="to_out_0", dtype=dtype, param_dtype=param_dtype
     )(attended)
+    return constrain(out, TOKEN_ACTIVATION)
 
 
 def norm_silu_conv_out(
@@ -223,7 +237,7 @@ class ResnetBlock(nn.Module):
         )(h)
         if x.shape[-1] != self.out_channels:
             x = partitioned_conv(self.out_channels, 1, name="conv_shortcut", **precision)(x)
-        return x.astype(h.dtype) + h
+        return constrain(x.astype(h.dtype) + h, IMAGE_ACTIVATION)
 
 
 class Downsample(nn.Module):

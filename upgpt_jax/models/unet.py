@@ -17,6 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from upgpt_jax.models.layers import (
+    IMAGE_ACTIVATION,
+    MLP_ACTIVATION,
+    TOKEN_ACTIVATION,
     Array,
     Dtype,
     Downsample,
@@ -29,6 +32,7 @@ from upgpt_jax.models.layers import (
     partitioned_conv,
     partitioned_dense,
 )
+from upgpt_jax.sharding import constrain
 
 RESNET_EPS = 1e-5
 TRANSFORMER_NORM_EPS = 1e-6
@@ -96,7 +100,7 @@ class GEGLU(nn.Module):
             dtype=self.dtype, param_dtype=self.param_dtype,
         )(x)
         value, gate = jnp.split(projected, 2, axis=-1)
-        return value * jax.nn.gelu(gate, approximate=False)
+        return constrain(value * jax.nn.gelu(gate, approximate=False), MLP_ACTIVATION)
 
 
 class FeedForward(nn.Module):
@@ -129,11 +133,13 @@ class BasicTransformerBlock(nn.Module):
             num_heads=self.num_heads, attention_implementation=self.attention_implementation,
             **precision,
         )
+        x = constrain(x, TOKEN_ACTIVATION)
         x = x + Attention(name="attn1", **attention)(layer_norm(name="norm1", **precision)(x))
         x = x + Attention(name="attn2", context_axis="context", **attention)(
             layer_norm(name="norm2", **precision)(x), context
         )
-        return x + FeedForward(name="ff", **precision)(layer_norm(name="norm3", **precision)(x))
+        x = x + FeedForward(name="ff", **precision)(layer_norm(name="norm3", **precision)(x))
+        return constrain(x, TOKEN_ACTIVATION)
 
 
 _RematTransformerBlock = nn.remat(BasicTransformerBlock)
@@ -184,7 +190,7 @@ class SpatialTransformer(nn.Module):
         else:
             h = h.reshape(batch, height, width, channels)
             h = partitioned_conv(channels, 1, name="proj_out", kernel_init=zeros, **precision)(h)
-        return h + x.astype(h.dtype)
+        return constrain(h + x.astype(h.dtype), IMAGE_ACTIVATION)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,7 +344,7 @@ class UNet(nn.Module):
             timestep_embedding(timesteps, self.channels)
         )
 
-        x = partitioned_conv(self.channels, name="conv_in", **precision)(sample)
+        x = constrain(partitioned_conv(self.channels, name="conv_in", **precision)(sample), IMAGE_ACTIVATION)
         widths = [self.channels * mult for mult in self.channel_mult]
         last_level = len(widths) - 1
         skips = [x]
@@ -360,7 +366,8 @@ class UNet(nn.Module):
                 name=f"up_blocks_{index}",
             )(x, level_skips, temb, context, upsample_size, train)
 
-        return norm_silu_conv_out(
+        out = norm_silu_conv_out(
             x, self.out_channels, epsilon=RESNET_EPS, norm_groups=self.norm_groups,
             kernel_init=nn.initializers.zeros_init(), **precision,
         )
+        return constrain(out, IMAGE_ACTIVATION)

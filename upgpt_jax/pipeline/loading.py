@@ -27,10 +27,10 @@ from jax.sharding import Mesh
 
 from upgpt_jax.models.clip import ClipEncoders, clip_from_config
 from upgpt_jax.models.fusion import MultimodalFusion
-from upgpt_jax.models.upgpt import UPGPT, build_model, example_inputs
-from upgpt_jax.sharding import make_mesh
+from upgpt_jax.models.upgpt import UPGPT, build_model
+from upgpt_jax.sharding import make_mesh, weight_shardings
 from upgpt_jax.tokenizer import load_clip_tokenizer
-from upgpt_jax.train.state import replicated, stage_parts, state_shardings
+from upgpt_jax.train.state import abstract_params, stage_parts, with_shardings
 
 CHECKPOINT_DIR = "checkpoints"  # as upgpt_jax.train.trainer writes it
 WEIGHTS = ("ema", "params")
@@ -71,14 +71,12 @@ def restore_params(workdir: str | os.PathLike, config: ml_collections.ConfigDict
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     model = build_model(config.model)
-    mesh = mesh or make_mesh(config.mesh, jax.devices())
+    mesh = mesh or make_mesh(config.mesh, jax.devices(), config.get("mesh_dcn"))
     trainable, frozen = stage_parts(config.train.stage)
-    boxed = jax.eval_shape(model.init, jax.random.key(0), **example_inputs(config.model))["params"]
+    shapes, shardings = abstract_params(model, config.model, mesh, config.axis_rules)
     groups = {"ema_params" if weights == "ema" else "params": trainable, "frozen_params": frozen}
-    boxed = {group: {name: boxed[name] for name in names if name in boxed} for group, names in groups.items()}
-    shardings = state_shardings(boxed, mesh, config.axis_rules)
-    target = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-                          nn.unbox(boxed), shardings)
+    target = {group: {name: with_shardings(shapes[name], shardings[name]) for name in names if name in shapes}
+              for group, names in groups.items()}
     manager = _manager(workdir)
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
@@ -154,11 +152,12 @@ def load_from_params(params_dir: str | os.PathLike, config: ml_collections.Confi
                   converted_from=metadata.get("source"))
     params = {"unet": params["unet"], "vae": params["vae"], "fusion": {**fresh_fusion, **converted_fusion},
               **({"condition_stats": params["condition_stats"]} if standardize else {})}
-    return _assemble(config, model, mesh, jax.device_put(params, replicated(mesh)), source)
+    shardings = abstract_params(model, config.model, mesh, config.axis_rules)[1]
+    return _assemble(config, model, mesh, jax.device_put(params, {name: shardings[name] for name in params}), source)
 
 
 def _placement(config: ml_collections.ConfigDict, devices: list[jax.Device] | None) -> tuple[UPGPT, Mesh]:
-    return build_model(config.model), make_mesh(config.mesh, devices or jax.devices())
+    return build_model(config.model), make_mesh(config.mesh, devices or jax.devices(), config.get("mesh_dcn"))
 
 
 def _fresh_fusion(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -174,9 +173,9 @@ def _fresh_fusion(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def _assemble(config: ml_collections.ConfigDict, model: UPGPT, mesh: Mesh, params: Any,
               source: dict[str, Any]) -> LoadedModel:
     clip, clip_params = clip_from_config(config.model.clip, seed=config.seed, dtype=jnp.dtype(config.model.dtype))
-    return LoadedModel(config=config, model=model, params=params, clip=clip,
-                       clip_params=jax.device_put(clip_params, replicated(mesh)), tokenizer=load_clip_tokenizer(),
-                       mesh=mesh, source=source)
+    clip_params = jax.device_put(clip_params, weight_shardings(clip_params, mesh, config.axis_rules))
+    return LoadedModel(config=config, model=model, params=params, clip=clip, clip_params=clip_params,
+                       tokenizer=load_clip_tokenizer(), mesh=mesh, source=source)
 
 
 def _tuples(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -1,7 +1,8 @@
 """People -> images: CLIP-encode the conditions, run the guided sampler, decode, in one jit per batch.
 
 Batches have a fixed size (`sampling.batch_size`, rounded up to the mesh's batch shards) so any
-number of requests compiles once; the batch is sharded over the mesh's ("data", "fsdp") axes.
+number of requests compiles once; the batch (inputs and activations) is sharded as the config's
+axis rules say (by default over the mesh's ("data", "fsdp") axes).
 Each sample's starting noise is drawn from its own seed, so a sample does not change with the
 batch it lands in, and frames that share a seed share their noise (smooth interpolation).
 """
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from upgpt_jax.config_base import STYLE_PARTS
@@ -26,7 +27,7 @@ from upgpt_jax.models.clip import encode_style_images, encode_style_texts, encod
 from upgpt_jax.models.upgpt import UPGPT
 from upgpt_jax.pipeline.conditions import Person, check_person
 from upgpt_jax.pipeline.loading import LoadedModel
-from upgpt_jax.sharding import batch_sharding, pad_batch
+from upgpt_jax.sharding import batch_sharding, batch_shards, on_mesh, pad_batch
 from upgpt_jax.tokenizer import tokenize
 
 
@@ -103,11 +104,11 @@ class Sampler:
         unknown = set(dict(settings.guidance)) - set(GUIDANCE_ORDER)
         if unknown:
             raise ValueError(f"guidance for unknown conditions {sorted(unknown)}; the conditions are {GUIDANCE_ORDER}")
-        shards = int(np.prod([loaded.mesh.shape[axis] for axis in ("data", "fsdp")]))
+        shards = batch_shards(loaded.mesh, loaded.config.axis_rules)
         self.batch_size = -(-settings.batch_size // shards) * shards
         # Built once per Sampler: keep the Sampler to reuse the compiled function.
-        self._run = jitted_sampler(loaded.model, loaded.clip, loaded.config.diffusion, settings,
-                                    batch_sharding(loaded.mesh))
+        self._run = jitted_sampler(loaded.model, loaded.clip, loaded.config.diffusion, settings, loaded.mesh,
+                                   loaded.config.axis_rules)
 
     def __call__(self, people: Sequence[Person], seeds: Sequence[int], progress: bool = False,
                  params: Any = None) -> np.ndarray:
@@ -125,7 +126,7 @@ class Sampler:
             inputs = encode_conditions(self.loaded, people[start:stop])
             inputs["seeds"] = np.asarray(seeds[start:stop], np.uint32)
             padded = {key: pad_batch(value, self.batch_size) for key, value in inputs.items()}
-            batch = host_to_global(padded, batch_sharding(self.loaded.mesh))
+            batch = host_to_global(padded, batch_sharding(self.loaded.mesh, self.loaded.config.axis_rules))
             out = self._run(params, self.loaded.clip_params, batch)
             images.append(np.asarray(jax.device_get(out))[: stop - start])
         return np.concatenate(images)
@@ -147,8 +148,9 @@ def condition_embeddings(clip: Any, clip_params: Any, batch: Mapping[str, jax.Ar
 
 
 def jitted_sampler(model: UPGPT, clip: Any, diffusion: ml_collections.ConfigDict, settings: SamplingSettings,
-                    data_sharding: NamedSharding) -> Callable[..., jax.Array]:
-    """The jitted conditions -> images function of one model and one set of sampling settings."""
+                   mesh: Mesh, rules: Any) -> Callable[..., jax.Array]:
+    """The jitted conditions -> images function of one model and one set of sampling settings;
+    images and activations are batch-sharded on `mesh` by the axis `rules` (config.axis_rules)."""
     schedule = NoiseSchedule.from_config(diffusion)
     scales = dict(settings.guidance)
 
@@ -165,7 +167,7 @@ def jitted_sampler(model: UPGPT, clip: Any, diffusion: ml_collections.ConfigDict
                          eta=settings.eta)
         return to_uint8(model.apply({"params": params}, latents, method=UPGPT.decode))
 
-    return jax.jit(run, out_shardings=data_sharding)
+    return jax.jit(on_mesh(run, mesh, rules), out_shardings=batch_sharding(mesh, rules))
 
 
 def to_uint8(images: jax.Array) -> jax.Array:

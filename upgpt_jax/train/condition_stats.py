@@ -69,7 +69,7 @@ def measure_condition_stats(config: ml_collections.ConfigDict, parts: Any, froze
     totals, seen = None, 0
     with training_pipeline(config) as pipeline:
         while seen < wanted:
-            batch = make_global_batch(next(pipeline), parts.mesh)
+            batch = make_global_batch(next(pipeline), parts.mesh, config.axis_rules)
             if not config.data.features_dir:
                 if not seen:
                     compile_then_meet(parts.encode, "condition statistics: encode", frozen_params, parts.clip_params,

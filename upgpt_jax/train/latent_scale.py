@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +25,9 @@ from upgpt_jax.distributed import compile_then_meet, host_to_global, is_main_pro
 from upgpt_jax.models.upgpt import UPGPT, build_model, init_params
 from upgpt_jax.models.vae import DiagonalGaussian
 from upgpt_jax.pipeline.loading import load_vae, run_config
-from upgpt_jax.sharding import make_mesh
+from upgpt_jax.sharding import make_mesh, on_mesh
 from upgpt_jax.train.data import training_pipeline
-from upgpt_jax.train.state import replicated
+from upgpt_jax.train.state import abstract_params
 
 
 def resolve_scale_factor(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -49,24 +50,29 @@ def resolve_scale_factor(config: ml_collections.ConfigDict, workdir: str | pathl
 def measure_scale_factor(config: ml_collections.ConfigDict) -> float:
     """1 / std of the latents of the first global batch of the training data (pixel or features
     mode) under `train.init_vae_from`'s VAE, or the one the config initialises (seed `config.seed`)."""
-    mesh = make_mesh(config.mesh)
+    mesh, rules = make_mesh(config.mesh, None, config.get("mesh_dcn")), config.axis_rules
     model = build_model(config.model)
     with training_pipeline(config) as pipeline:
         batch = next(pipeline)
     if config.data.features_dir:
-        moments = make_global_batch({"latent_moments": batch["latent_moments"]}, mesh)["latent_moments"]
+        moments = make_global_batch({"latent_moments": batch["latent_moments"]}, mesh, rules)["latent_moments"]
         measure, arguments = jax.jit(lambda m: DiagonalGaussian.from_moments(m).mean.std()), (moments,)
     else:
-        images = make_global_batch({"image": batch["image"]}, mesh)["image"]
+        images = make_global_batch({"image": batch["image"]}, mesh, rules)["image"]
         # Without init_vae_from, the VAE the trainer's initial state holds (same function, same seed).
         init = functools.partial(init_params, model, config.model, config.seed)
         if config.train.init_vae_from:
             vae_params = load_vae(config.train.init_vae_from, like=jax.eval_shape(init)["vae"])
         else:
             vae_params = init()["vae"]
-        vae_params = host_to_global(jax.device_get(vae_params), replicated(mesh))
-        measure = jax.jit(lambda params, x: model.apply({"params": {"vae": params}}, x, method=UPGPT.posterior)
-                          .mean.astype(jnp.float32).std())
+        vae_shardings = abstract_params(model, config.model, mesh, rules)[1]["vae"]
+        vae_params = jax.tree.map(host_to_global, jax.device_get(vae_params), vae_shardings)
+
+        def latent_std(params: Any, x: jax.Array) -> jax.Array:
+            posterior = model.apply({"params": {"vae": params}}, x, method=UPGPT.posterior)
+            return posterior.mean.astype(jnp.float32).std()
+
+        measure = jax.jit(on_mesh(latent_std, mesh, rules))
         arguments = (vae_params, images)
     compile_then_meet(measure, "scale_by_std", *arguments)
     std = float(measure(*arguments))

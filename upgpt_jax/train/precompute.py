@@ -86,7 +86,8 @@ def precompute(config: ml_collections.ConfigDict, out: str | pathlib.Path, *, dt
         progress = tqdm(enumerate(pipeline), total=num_batches, desc="precompute", unit="batch",
                         disable=process_index != 0, dynamic_ncols=True)
         for batch_index, local in progress:
-            features = parts.encode(vae_params, parts.clip_params, make_global_batch(local, parts.mesh))
+            batch = make_global_batch(local, parts.mesh, config.axis_rules)
+            features = parts.encode(vae_params, parts.clip_params, batch)
             rows = {
                 "latent_moments": local_rows(features["latent_moments"]).astype(store_dtype),
                 "text_embedding": local_rows(features["text_embedding"]).astype(store_dtype),

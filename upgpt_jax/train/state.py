@@ -18,11 +18,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from upgpt_jax.models.upgpt import UPGPT, example_inputs
+from upgpt_jax.sharding import fit_spec, normalize_rules
 from upgpt_jax.train.optimizer import ema_decay_at, ema_update
 
 TRAINABLE = ("unet", "fusion")
@@ -85,17 +85,18 @@ def state_shardings(abstract_boxed_state: TrainState, mesh: Mesh, axis_rules: An
     output channels over fsdp=4) is replicated instead.
     """
     logical_specs = nn.get_partition_spec(abstract_boxed_state)
-    shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, tuple(map(tuple, axis_rules)))
-    return jax.tree.map(_divisible, shardings, nn.unbox(abstract_boxed_state))
+    shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, normalize_rules(axis_rules))
+    return jax.tree.map(lambda sharding, leaf: NamedSharding(mesh, fit_spec(sharding.spec, leaf.shape, mesh)),
+                        shardings, nn.unbox(abstract_boxed_state))
 
 
-def _divisible(sharding: NamedSharding, leaf: jax.ShapeDtypeStruct) -> NamedSharding:
-    spec = []
-    for size, axes in zip(leaf.shape, tuple(sharding.spec) + (None,) * (len(leaf.shape) - len(sharding.spec))):
-        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        shards = int(np.prod([sharding.mesh.shape[name] for name in names]))
-        spec.append(axes if size % shards == 0 else None)
-    return NamedSharding(sharding.mesh, PartitionSpec(*spec))
+def abstract_params(model: UPGPT, model_config: ml_collections.ConfigDict, mesh: Mesh,
+                    axis_rules: Any) -> tuple[dict, dict]:
+    """(shapes, NamedShardings) of every parameter of `model` ({"unet", "vae", "fusion", ...}), the
+    shardings those the train state gives them by their logical names: for weights that arrive from
+    elsewhere (converted files, checkpoints, an initial VAE). Nothing is computed."""
+    boxed = jax.eval_shape(model.init, jax.random.key(0), **example_inputs(model_config))["params"]
+    return nn.unbox(boxed), state_shardings(boxed, mesh, axis_rules)
 
 
 def abstract_state(model: UPGPT, config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,

@@ -22,7 +22,7 @@ from upgpt_jax.diffusion import NoiseSchedule, eps_loss
 from upgpt_jax.models.clip import ClipEncoders, encode_style_images, encode_text_tokens
 from upgpt_jax.models.upgpt import UPGPT
 from upgpt_jax.models.vae import DiagonalGaussian
-from upgpt_jax.sharding import batch_sharding
+from upgpt_jax.sharding import batch_sharding, on_mesh
 from upgpt_jax.train.optimizer import current_learning_rate
 from upgpt_jax.train.state import TrainState, apply_gradients, replicated
 
@@ -37,13 +37,14 @@ def condition_dropout(rng: jax.Array, batch_size: int, probabilities: Mapping[st
             for key, (name, probability) in zip(keys, sorted(probabilities.items()))}
 
 
-def make_encode_fn(model: UPGPT, clip: ClipEncoders, mesh: Mesh) -> Callable[..., dict[str, jax.Array]]:
+def make_encode_fn(model: UPGPT, clip: ClipEncoders, mesh: Mesh, rules: Any) -> Callable[..., dict[str, jax.Array]]:
     """Pixel batch -> feature batch (FEATURE_KEYS) with the frozen VAE encoder and CLIP, jitted.
 
     Returns `encode(frozen_params, clip_params, batch)`; the batch is the pixel transform's
-    (image, person_mask, text_ids, styles, style_present, pose) as global arrays on `mesh`.
+    (image, person_mask, text_ids, styles, style_present, pose) as global arrays on `mesh`, the
+    features come out batch-sharded by the axis `rules` (config.axis_rules).
     """
-    sharding = batch_sharding(mesh)
+    sharding = batch_sharding(mesh, rules)
 
     def encode(frozen_params: Any, clip_params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         posterior = model.apply({"params": frozen_params}, batch["image"], method=UPGPT.posterior)
@@ -56,13 +57,14 @@ def make_encode_fn(model: UPGPT, clip: ClipEncoders, mesh: Mesh) -> Callable[...
             "pose": batch["pose"],
         }
 
-    return jax.jit(encode, out_shardings={key: sharding for key in FEATURE_KEYS})
+    return jax.jit(on_mesh(encode, mesh, rules), out_shardings={key: sharding for key in FEATURE_KEYS})
 
 
 def make_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
                     state_shardings: TrainState, mesh: Mesh) -> TrainStep:
-    """`step(state, features) -> (state, metrics)`, jitted with explicit shardings; the input state
-    is donated (its buffers are reused for the output: do not touch it after the call)."""
+    """`step(state, features) -> (state, metrics)`, jitted with explicit shardings (features and
+    activations placed by config.axis_rules); the input state is donated (its buffers are reused
+    for the output: do not touch it after the call)."""
     schedule = NoiseSchedule.from_config(config.diffusion)
     dropout_probabilities = dict(config.train.cond_dropout)
     snr_gamma = float(config.diffusion.get("snr_gamma", 0.0))  # absent in configs saved before it existed
@@ -98,9 +100,9 @@ def make_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimizer: 
         }
         return new_state, metrics
 
-    feature_sharding = batch_sharding(mesh)
+    feature_sharding = batch_sharding(mesh, config.axis_rules)
     return jax.jit(
-        step,
+        on_mesh(step, mesh, config.axis_rules),
         in_shardings=(state_shardings, {key: feature_sharding for key in FEATURE_KEYS}),
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=(0,),

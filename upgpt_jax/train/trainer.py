@@ -30,14 +30,14 @@ from upgpt_jax.distributed import any_process, compile_then_meet, host_to_global
 from upgpt_jax.models.clip import clip_from_config
 from upgpt_jax.models.upgpt import UPGPT, build_model
 from upgpt_jax.pipeline.loading import load_vae
-from upgpt_jax.sharding import make_mesh
+from upgpt_jax.sharding import make_mesh, weight_shardings
 from upgpt_jax.train.checkpointing import Checkpointer, PreemptionSignal
 from upgpt_jax.train.data import training_pipeline
 from upgpt_jax.train.condition_stats import with_condition_stats
 from upgpt_jax.train.latent_scale import resolve_scale_factor
 from upgpt_jax.train.optimizer import make_optimizer
 from upgpt_jax.train.previews import SamplePreviews
-from upgpt_jax.train.state import TrainState, abstract_state, make_init_fn, replicated, with_shardings
+from upgpt_jax.train.state import TrainState, abstract_state, make_init_fn, with_shardings
 from upgpt_jax.train.summary import SummaryWriter
 from upgpt_jax.train.vae_step import lpips_for_config, make_vae_train_step
 from upgpt_jax.train.step import TrainStep, make_encode_fn, make_train_step
@@ -113,7 +113,7 @@ def compiled_for(config: ml_collections.ConfigDict) -> Compiled:
 @functools.lru_cache(maxsize=4)
 def _compiled(config: ml_collections.FrozenConfigDict, devices: tuple[jax.Device, ...]) -> Compiled:
     config = ml_collections.ConfigDict(config)
-    mesh = make_mesh(config.mesh, devices)
+    mesh = make_mesh(config.mesh, devices, config.get("mesh_dcn"))
     model = build_model(config.model)
     clip, clip_params = clip_from_config(config.model.clip, seed=config.seed, dtype=jnp.dtype(config.model.dtype))
     optimizer = make_optimizer(config.optim, config.train.grad_accum_steps)
@@ -126,12 +126,12 @@ def _compiled(config: ml_collections.FrozenConfigDict, devices: tuple[jax.Device
         mesh=mesh,
         model=model,
         clip=clip,
-        clip_params=host_to_global(clip_params, replicated(mesh)),
+        clip_params=jax.tree.map(host_to_global, clip_params, weight_shardings(clip_params, mesh, config.axis_rules)),
         optimizer=optimizer,
         abstract=abstract,
         shardings=shardings,
         init=make_init_fn(model, config, optimizer, shardings),
-        encode=make_encode_fn(model, clip, mesh),
+        encode=make_encode_fn(model, clip, mesh, config.axis_rules),
         train_step=train_step,
     )
 
@@ -167,11 +167,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
         for step in range(start_step + 1, train_config.num_steps + 1):
             batch = next(pipeline)
             if train_config.stage == "vae":  # the autoencoder needs the images alone
-                features = make_global_batch({"image": batch["image"]}, mesh)
+                features = make_global_batch({"image": batch["image"]}, mesh, config.axis_rules)
             elif config.data.features_dir:  # the batch holds precomputed features already
-                features = make_global_batch(batch, mesh)
+                features = make_global_batch(batch, mesh, config.axis_rules)
             else:
-                batch = make_global_batch(batch, mesh)
+                batch = make_global_batch(batch, mesh, config.axis_rules)
                 if window_start is None:
                     compile_then_meet(parts.encode, f"encode {step}", state.frozen_params, parts.clip_params, batch)
                 features = parts.encode(state.frozen_params, parts.clip_params, batch)

@@ -34,7 +34,7 @@ from jax.sharding import Mesh
 from upgpt_jax.eval.lpips import LPIPS, load_lpips_from_folder, lpips_distance
 from upgpt_jax.models.upgpt import UPGPT
 from upgpt_jax.models.vae import DiagonalGaussian
-from upgpt_jax.sharding import batch_sharding
+from upgpt_jax.sharding import batch_sharding, on_mesh
 from upgpt_jax.train.optimizer import current_learning_rate
 from upgpt_jax.train.state import TrainState, apply_gradients, replicated
 
@@ -118,8 +118,8 @@ def make_vae_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimiz
         return new_state, metrics
 
     jitted = jax.jit(
-        step,
-        in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh)),
+        on_mesh(step, mesh, config.axis_rules),
+        in_shardings=(state_shardings, batch_sharding(mesh, config.axis_rules), replicated(mesh)),
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=(0,),
     )

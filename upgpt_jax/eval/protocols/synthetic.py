@@ -65,7 +65,8 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
     count, image_size = len(people), tuple(config.model.image_size)
     seeds = [options.seed + index for index in range(count)]
     settings = sampling_settings(loaded, options)
-    lpips = _lpips(options.lpips_dir)
+    mesh, rules = loaded.mesh, config.axis_rules
+    lpips = _lpips(options.lpips_dir, mesh, rules)
 
     metrics: dict[str, float] = {}
     per_example: dict[str, list[float]] = {}
@@ -82,7 +83,7 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
         samples[variant] = sampler(drawn, seeds, progress=True)
         _add_scores(variant, _scores(samples[variant], targets, lpips, colour_layouts), metrics, per_example)
 
-    reconstructions = vae_reconstructions(loaded.model, loaded.params, truth, settings.batch_size)
+    reconstructions = vae_reconstructions(loaded.model, loaded.params, truth, settings.batch_size, mesh, rules)
     _add_scores("autoencoder", _scores(reconstructions, targets, lpips), metrics, per_example)
 
     if options.ablations:
@@ -148,15 +149,18 @@ def _evaluate_autoencoder(options: EvalOptions) -> EvalResult:
     samples), i.e. the ceiling a diffusion stage trained on this VAE can reach."""
     from upgpt_jax.models.upgpt import build_model
     from upgpt_jax.pipeline.loading import restore_params, run_config
+    from upgpt_jax.sharding import make_mesh
 
     config, step = run_config(options.workdir, options.step)
     targets = _Targets.of(config, options.num_examples)
-    params = restore_params(options.workdir, config, step, options.weights)
+    mesh, rules = make_mesh(config.mesh, None, config.get("mesh_dcn")), config.axis_rules
+    params = restore_params(options.workdir, config, step, options.weights, mesh)
     batch_size = options.batch_size or int(config.sampling.batch_size)
-    reconstructions = vae_reconstructions(build_model(config.model), params, targets.truth, batch_size)
+    reconstructions = vae_reconstructions(build_model(config.model), params, targets.truth, batch_size, mesh, rules)
     metrics: dict[str, float] = {}
     per_example: dict[str, list[float]] = {}
-    _add_scores("autoencoder", _scores(reconstructions, targets, _lpips(options.lpips_dir)), metrics, per_example)
+    lpips = _lpips(options.lpips_dir, mesh, rules)
+    _add_scores("autoencoder", _scores(reconstructions, targets, lpips), metrics, per_example)
     worst = np.argsort(per_example["autoencoder/ssim"])[:WORST_CASES]
     rows = [(f"{index}: {per_example['autoencoder/ssim'][index]:.2f}", [targets.truth[index], reconstructions[index]])
             for index in worst]
@@ -180,22 +184,28 @@ def _scored_mean(values: np.ndarray, axis: int | None = None) -> np.ndarray:
     return np.where(scored.any(axis), np.nansum(values, axis) / np.maximum(scored.sum(axis), 1), np.nan)
 
 
-def vae_reconstructions(model: Any, params: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
+def vae_reconstructions(model: Any, params: Any, images: np.ndarray, batch_size: int, mesh: Any = None,
+                        rules: Any = None) -> np.ndarray:
     """uint8 images (N, H, W, 3) -> the VAE reconstructions (uint8) of `model` (UPGPT) with `params`
-    (holding "vae"): the posterior mode decoded, in batches of `batch_size` (the last one padded)."""
+    (holding "vae"): the posterior mode decoded, in batches of `batch_size` (the last one padded),
+    batch-sharded on `mesh` by `rules` (eval.placement.eval_mesh's defaults)."""
     import jax
 
+    from upgpt_jax.eval.placement import eval_mesh, padded_size, place_batch
     from upgpt_jax.pipeline.sampler import to_uint8
-    from upgpt_jax.sharding import pad_batch
+    from upgpt_jax.sharding import on_mesh
 
     def reconstruct(module: Any, x: Any) -> Any:
         return module.decode(module.encode(x))
 
-    run = jax.jit(lambda weights, x: to_uint8(model.apply({"params": weights}, x, method=reconstruct)))
+    mesh, rules = eval_mesh(mesh, rules)
+    size = padded_size(batch_size, mesh, rules)
+    run = jax.jit(on_mesh(lambda weights, x: to_uint8(model.apply({"params": weights}, x, method=reconstruct)),
+                          mesh, rules))
     batches = []
     for start in range(0, len(images), batch_size):
         chunk = np.asarray(images[start:start + batch_size], np.float32) / 127.5 - 1.0
-        batches.append(np.asarray(run(params, pad_batch(chunk, batch_size)))[:len(chunk)])
+        batches.append(np.asarray(run(params, place_batch({"x": chunk}, size, mesh, rules)["x"]))[:len(chunk)])
     return np.concatenate(batches)
 
 
@@ -225,21 +235,27 @@ def _scores(images: np.ndarray, targets: _Targets, lpips: Any,
     return scores
 
 
-def _lpips(folder: str | None) -> Any:
-    """uint8 images -> per-image LPIPS (VGG, inputs mapped to [-1, 1]), or None without weights.
-    Loaded before any sampling (folders.load_metric_networks), so a bad --lpips_dir fails at once."""
+def _lpips(folder: str | None, mesh: Any = None, rules: Any = None) -> Any:
+    """uint8 images -> per-image LPIPS (VGG, inputs mapped to [-1, 1]), or None without weights;
+    batch-sharded on `mesh` by `rules` (eval.placement.eval_mesh's defaults). Loaded before any
+    sampling (folders.load_metric_networks), so a bad --lpips_dir fails at once."""
     if not folder:
         return None
     import jax
-    import jax.numpy as jnp
 
     from upgpt_jax.eval.folders import load_metric_networks
+    from upgpt_jax.eval.placement import eval_mesh, padded_size, place_batch, replicate
 
     (module, params), _, _ = load_metric_networks(folder, None)
-    distance = jax.jit(lambda x, y: module.apply({"params": params}, x, y, True))  # [0, 1] in, scaled inside
+    mesh, rules = eval_mesh(mesh, rules)
+    params = replicate(params, mesh)
+    # [0, 1] in, scaled inside
+    distance = jax.jit(lambda weights, x, y: module.apply({"params": weights}, x, y, True))
 
     def score(images: np.ndarray, truth: np.ndarray) -> np.ndarray:
-        return np.asarray(distance(jnp.asarray(images, jnp.float32) / 255.0, jnp.asarray(truth, jnp.float32) / 255.0))
+        pair = {"x": np.asarray(images, np.float32) / 255.0, "y": np.asarray(truth, np.float32) / 255.0}
+        placed = place_batch(pair, padded_size(len(images), mesh, rules), mesh, rules)
+        return np.asarray(distance(params, placed["x"], placed["y"]))[:len(images)]
 
     return score
 
