@@ -168,6 +168,12 @@ def released_config() -> ml_collections.ConfigDict:
         # The VAE stage's loss (LDM's kl-f8 recipe without the discriminator): L1 + kl_weight * KL
         # + lpips_weight * LPIPS, the last only when `lpips_path` names local LPIPS weights.
         vae=ml_collections.ConfigDict(dict(kl_weight=1e-6, lpips_weight=1.0, lpips_path="", lpips_net="vgg")),
+        # (START, COUNT), on the command line `--config.train.profile_steps=10,5`: a jax.profiler
+        # trace of steps START..START+COUNT-1 in DIR/profile/ (TensorBoard / xprof). (): no trace.
+        profile_steps=(),
+        # Peak dense FLOP/s per device in TFLOP/s for the logged `mfu`; 0: upgpt_jax.hardware's
+        # table by device kind (no `mfu` / `tflops_per_device` where the kind is unknown, e.g. CPU).
+        peak_tflops=0.0,
     ))
 
     # Sampling (sample.py, upgpt_jax.pipeline, training sample grids). Guidance scales are per

@@ -7,6 +7,13 @@ uninterrupted run's. SIGTERM saves a checkpoint at the step reached and returns 
 checkpoint is the last good one. Multi-process (multi-host) runs take the same path: every process
 calls `train` (see upgpt_jax.distributed), loads its slice of each batch and joins every step and
 checkpoint save; process 0 alone writes the logs.
+
+The host never waits for the device on a step that does not need a value from it: each step only
+dispatches work (under a device-to-host transfer guard, so a stray read raises on GPU/TPU), and the
+metrics stay on the device (`MetricsWindow`) until a log step, a checkpoint step or the NaN check
+(at least every `max_consecutive_nan` steps) fetches them. Logs carry img/s and, where the device's
+peak is known (upgpt_jax.hardware, or `train.peak_tflops`), the diffusion stage's achieved
+`tflops_per_device` and `mfu`. `train.profile_steps` traces chosen steps (upgpt_jax.train.profiling).
 """
 from __future__ import annotations
 
@@ -27,6 +34,8 @@ from tqdm import tqdm
 
 from upgpt_jax.data.pipeline import make_global_batch
 from upgpt_jax.distributed import any_process, compile_then_meet, host_to_global, is_main_process
+from upgpt_jax.flops import train_step_flops
+from upgpt_jax.hardware import peak_flops_per_device
 from upgpt_jax.models.clip import clip_from_config
 from upgpt_jax.models.upgpt import UPGPT, build_model
 from upgpt_jax.pipeline.loading import load_vae
@@ -35,8 +44,10 @@ from upgpt_jax.train.checkpointing import Checkpointer, PreemptionSignal
 from upgpt_jax.train.data import training_pipeline
 from upgpt_jax.train.condition_stats import with_condition_stats
 from upgpt_jax.train.latent_scale import resolve_scale_factor
+from upgpt_jax.train.metrics_window import MetricsWindow
 from upgpt_jax.train.optimizer import make_optimizer
 from upgpt_jax.train.previews import SamplePreviews
+from upgpt_jax.train.profiling import PROFILE_DIR, StepProfiler, parse_profile_steps
 from upgpt_jax.train.state import TrainState, abstract_state, make_init_fn, with_shardings
 from upgpt_jax.train.summary import SummaryWriter
 from upgpt_jax.train.vae_step import lpips_for_config, make_vae_train_step
@@ -80,7 +91,8 @@ class MetricsLog:
 
 
 # Fields that only steer the loop: runs that differ only in them share compiled functions.
-LOOP_FIELDS = ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "max_consecutive_nan")
+LOOP_FIELDS = ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "max_consecutive_nan",
+               "profile_steps", "peak_tflops")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +154,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     train_config = config.train
+    profile_steps = parse_profile_steps(train_config.get("profile_steps", ()))  # refused before any set-up
     checkpointer = Checkpointer(workdir / CHECKPOINT_DIR, train_config.keep_checkpoints)
     last_checkpoint = checkpointer.latest_step()
     config = resolve_scale_factor(config, workdir, resumed=last_checkpoint is not None)
@@ -159,75 +172,119 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     if train_config.sample_every and train_config.stage == "diffusion":
         previews = SamplePreviews(config, parts.model, parts.clip, parts.clip_params, mesh, workdir)
 
-    stop_reason, consecutive_nan = "done", 0
-    window_losses, timed_steps, window_start = [], 0, None
+    flops_per_image = train_step_flops(config.model) if train_config.stage == "diffusion" else None
+    peak_flops = peak_flops_per_device(jax.devices()[0].device_kind, train_config.get("peak_tflops", 0.0))
+
+    stop_reason, window = "done", MetricsWindow(train_config.max_consecutive_nan)
+    timed_steps, window_start, latest = 0, None, None
     progress = tqdm(total=train_config.num_steps, initial=start_step, desc="train", unit="step",
                     disable=not is_main_process(), dynamic_ncols=True)
-    with PreemptionSignal() as preemption, pipeline:
+    with PreemptionSignal() as preemption, pipeline, StepProfiler(profile_steps, workdir / PROFILE_DIR) as profiler:
         for step in range(start_step + 1, train_config.num_steps + 1):
-            batch = next(pipeline)
-            if train_config.stage == "vae":  # the autoencoder needs the images alone
-                features = make_global_batch({"image": batch["image"]}, mesh, config.axis_rules)
-            elif config.data.features_dir:  # the batch holds precomputed features already
-                features = make_global_batch(batch, mesh, config.axis_rules)
-            else:
-                batch = make_global_batch(batch, mesh, config.axis_rules)
+            # Only dispatch: the device runs the step while the host goes on. Reading a device value
+            # here would wait for it; JAX raises on GPU/TPU (a CPU "device" is host memory: no guard).
+            with jax.transfer_guard_device_to_host("disallow"), profiler.step(step):
+                features = step_features(parts, config, next(pipeline), state, step, first=window_start is None)
                 if window_start is None:
-                    compile_then_meet(parts.encode, f"encode {step}", state.frozen_params, parts.clip_params, batch)
-                features = parts.encode(state.frozen_params, parts.clip_params, batch)
-            if window_start is None:
-                compile_then_meet(parts.train_step, f"train step {step}", state, features)
-            state, metrics = parts.train_step(state, features)
-            metrics = jax.device_get(metrics)
+                    compile_then_meet(parts.train_step, f"train step {step}", state, features)
+                state, metrics = parts.train_step(state, features)
+                window.add(metrics)
+                progress.update(1)
             if window_start is None:  # img/s is timed from the end of the first (compiling) step
+                jax.block_until_ready(metrics)
                 window_start = time.perf_counter()
                 if is_main_process():
                     tqdm.write(f"first step {step} done {window_start - started:.1f} s after start (set-up, "
                                f"restore or init, compilation)")
             else:
                 timed_steps += 1
-            if metrics["finite"]:
-                window_losses.append(float(metrics["loss"]))
-            consecutive_nan = 0 if metrics["finite"] else consecutive_nan + 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{float(metrics['loss']):.4f}", skipped=int(metrics["skipped"]))
 
-            if step % train_config.log_every == 0 or step == train_config.num_steps:
+            log_due = step % train_config.log_every == 0 or step == train_config.num_steps
+            checkpoint_due = step % train_config.checkpoint_every == 0 or step == train_config.num_steps
+            synced = log_due or checkpoint_due or window.fetch_due()
+            if synced:  # the one device-to-host transfer: every step's metrics since the last one
+                latest = window.fetch()
+            if log_due:
                 now = time.perf_counter()
-                metrics_log.write({
+                img_per_s = timed_steps * train_config.batch_size / (now - window_start) if timed_steps else None
+                record = {
                     "step": step,
-                    "loss": sum(window_losses) / len(window_losses) if window_losses else None,  # finite ones
-                    "lr": float(metrics["lr"]),
-                    "grad_norm": float(metrics["grad_norm"]),
-                    "skipped": int(metrics["skipped"]),
-                    "img_per_s": timed_steps * train_config.batch_size / (now - window_start) if timed_steps else None,
-                    **{key: float(metrics[key]) for key in EXTRA_METRICS if key in metrics},
-                })
-                window_losses, timed_steps, window_start = [], 0, now
+                    "loss": window.take_mean_loss(),  # of the finite losses since the last log
+                    "lr": float(latest["lr"]),
+                    "grad_norm": float(latest["grad_norm"]),
+                    "skipped": int(latest["skipped"]),
+                    "img_per_s": img_per_s,
+                    **{key: float(latest[key]) for key in EXTRA_METRICS if key in latest},
+                    **utilization(flops_per_image, img_per_s, jax.device_count(), peak_flops),
+                }
+                metrics_log.write(record)
+                progress.set_postfix(loss="-" if record["loss"] is None else f"{record['loss']:.4f}",
+                                     skipped=record["skipped"])
+                timed_steps, window_start = 0, now
             if previews is not None and (step % train_config.sample_every == 0 or step == train_config.num_steps):
                 grid = previews(step, {**state.ema_params, **state.frozen_params})
                 metrics_log.tensorboard.image(step, "samples", grid)
                 window_start = time.perf_counter()  # sampling time is not training time
-            if consecutive_nan >= train_config.max_consecutive_nan:
+            if window.diverged:
                 stop_reason = "diverged"
                 break
             # Never checkpoint a non-finite step: the newest checkpoint stays the last good one.
-            due = step % train_config.checkpoint_every == 0 or step == train_config.num_steps
-            preempted = any_process(preemption.received is not None)  # all processes save, or none
-            if (due and metrics["finite"]) or preempted:
+            preempted = preemption_agreed(preemption.received is not None, synced)
+            if (checkpoint_due and latest["finite"]) or preempted:
                 checkpointer.save(step, state, pipeline.get_state(), config)
                 last_checkpoint = step
             if preempted:
                 stop_reason = "preempted"
                 break
+            profiler.after_step(step, state)
+        profiler.stop(state)  # when the loop ended inside the window
     progress.close()
     metrics_log.close()
     checkpointer.wait()
     checkpointer.close()
     if stop_reason == "diverged" and is_main_process():
-        tqdm.write(f"stopped: {consecutive_nan} non-finite losses in a row; the last good checkpoint is step "
+        tqdm.write(f"stopped: {window.consecutive_nan} non-finite losses in a row; the last good checkpoint is step "
                    f"{last_checkpoint} in {workdir / CHECKPOINT_DIR}")
     return TrainResult(state=state, stop_reason=stop_reason, last_checkpoint=last_checkpoint)
+
+
+def step_features(parts: Compiled, config: ml_collections.ConfigDict, batch: dict[str, Any], state: TrainState,
+                  step: int, first: bool) -> Any:
+    """The train step's input for this host's `batch`: the images alone (VAE stage), the precomputed
+    features, or the frozen encoders' features (dispatched, not awaited)."""
+    if config.train.stage == "vae":  # the autoencoder needs the images alone
+        return make_global_batch({"image": batch["image"]}, parts.mesh, config.axis_rules)
+    if config.data.features_dir:  # the batch holds precomputed features already
+        return make_global_batch(batch, parts.mesh, config.axis_rules)
+    batch = make_global_batch(batch, parts.mesh, config.axis_rules)
+    if first:
+        compile_then_meet(parts.encode, f"encode {step}", state.frozen_params, parts.clip_params, batch)
+    return parts.encode(state.frozen_params, parts.clip_params, batch)
+
+
+def preemption_agreed(received: bool, synced: bool) -> bool:
+    """Whether every process stops for a preemption at this step. One process: its own flag, every
+    step. Several: agreeing takes a cross-process collective, which waits for the device, so they
+    agree only on steps that read the device anyway (`synced`; at most `max_consecutive_nan` steps
+    apart), which every process takes at the same steps (they follow replicated metrics)."""
+    if jax.process_count() == 1:
+        return received
+    return synced and any_process(received)
+
+
+def utilization(flops_per_image: float | None, img_per_s: float | None, num_devices: int,
+                peak_flops: float | None) -> dict[str, float]:
+    """`tflops_per_device` (achieved model FLOP/s per device, in TFLOP/s) and `mfu` (achieved / peak).
+
+    Model FLOPs are upgpt_jax.flops' analytic count (UNet + fusion, forward and backward; not the
+    frozen encoders, which precomputed features skip, nor remat's recomputation), so the figure
+    compares across hardware and compiler settings. Empty where a factor is unknown: no count (VAE
+    stage), no timed steps yet, or no peak for the device kind (CPU) and no `train.peak_tflops`.
+    """
+    if not (flops_per_image and img_per_s and peak_flops):
+        return {}
+    achieved = flops_per_image * img_per_s / num_devices
+    return {"tflops_per_device": achieved / 1e12, "mfu": achieved / peak_flops}
 
 
 def initial_state(parts: Compiled, train_config: ml_collections.ConfigDict) -> TrainState:
