@@ -53,6 +53,8 @@ setup(
         "convert": ["torch==2.13.0"],
         "smpl": ["smplx==0.1.28", "torch==2.13.0"],
         "cuda": ["jax[cuda12]>=0.10.2,<0.13"],
+        # jax for TPU VMs; its libtpu also lets any host compile for a TPU topology ahead of time
+        # (python -m upgpt_jax.aot; the tests install it for that).
         "tpu": ["jax[tpu]>=0.10.2,<0.13"],
     },
 )

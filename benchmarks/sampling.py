@@ -54,10 +54,11 @@ from ml_collections import config_flags
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-from train_step import GIB, _fmt, append_jsonl, peak_flops_per_device  # noqa: E402
+from train_step import GIB, _fmt, append_jsonl  # noqa: E402
 
 from upgpt_jax.cli_flags import parse_guidance  # noqa: E402
 from upgpt_jax.compilation_cache import enable_compilation_cache  # noqa: E402
+from upgpt_jax.hardware import peak_flops_per_device  # noqa: E402
 
 # Flags on a FlagValues of our own, so importing this module defines nothing global.
 FLAGS = flags.FlagValues()

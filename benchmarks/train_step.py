@@ -33,6 +33,7 @@ from ml_collections import config_flags
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 from upgpt_jax.compilation_cache import enable_compilation_cache  # noqa: E402
+from upgpt_jax.hardware import peak_flops_per_device  # noqa: E402
 
 # Flags on a FlagValues of our own, so importing this module defines nothing global.
 FLAGS = flags.FlagValues()
@@ -54,23 +55,7 @@ flags.DEFINE_float("peak_tflops", None, "Peak FLOP/s per device in TFLOP/s (defa
 flags.DEFINE_string("out", None, "Append one JSON line per measurement to this file.", flag_values=FLAGS)
 flags.mark_flags_as_required(["config", "batch"], flag_values=FLAGS)
 
-# Dense bf16 peak FLOP/s per device, by a substring of the lower-cased device kind (first match).
-PEAK_BF16_FLOPS = (
-    ("h100", 989e12),  # SXM; the PCIe card is lower (756e12): pass --peak_tflops
-    ("h200", 989e12),
-    ("a100", 312e12),
-    ("v5 lite", 197e12), ("v5e", 197e12),
-    ("v5p", 459e12), ("tpu v5", 459e12),
-    ("v4", 275e12),
-)
 GIB = 2.0 ** 30
-
-
-def peak_flops_per_device(device_kind: str, override_tflops: float | None) -> float | None:
-    if override_tflops:
-        return override_tflops * 1e12
-    kind = device_kind.lower()
-    return next((peak for key, peak in PEAK_BF16_FLOPS if key in kind), None)
 
 
 def random_features(model_config: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -4,6 +4,10 @@ import sys
 
 import pytest
 
+# The suite runs on CPU. The test install has libtpu (the tpu extra, for the ahead-of-time TPU
+# compiles of test_aot.py): without this, every process would try to open a TPU. Subprocesses inherit it.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 # Tests import the config files as modules (configs/ is not an installed package).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

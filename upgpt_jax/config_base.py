@@ -208,3 +208,17 @@ def released_config() -> ml_collections.ConfigDict:
     c.axis_rules = DEFAULT_AXIS_RULES
     c.seed = 0
     return c
+
+
+def pod_config(topology: str, chips: int, per_chip_batch: int, fsdp: int = 1, remat: bool = False
+               ) -> ml_collections.ConfigDict:
+    """The released model trained on a TPU slice (`configs/pods/`): bf16 compute over fp32 master
+    weights, a mesh of data x `fsdp`, a global batch of `per_chip_batch` x `chips`, per-block remat
+    as given. `pod` records the plan, so `python -m upgpt_jax.aot --config FILE` compiles for it."""
+    c = released_config()
+    c.model.dtype = "bfloat16"
+    c.model.unet.remat = remat
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=fsdp, tensor=1))
+    c.train.batch_size = per_chip_batch * chips
+    c.pod = ml_collections.ConfigDict(dict(topology=topology, chips=chips, per_chip_batch=per_chip_batch))
+    return c
