@@ -52,8 +52,9 @@ def test_activation_constraints_follow_the_rules_inside_activation_sharding_only
     assert constraints(lambda v: constrain(v, image), x) == []
     mesh = jax.sharding.AbstractMesh((2, 2, 2), ("data", "fsdp", "tensor"))  # shapes only: no devices needed
     with activation_sharding(mesh, DEFAULT_AXIS_RULES):
-        assert constraints(lambda v: constrain(v, image), x) == [str(PartitionSpec(("data", "fsdp"), None, None, None))]
-        assert constraints(lambda v: constrain(v, heads), x) == [str(PartitionSpec(("data", "fsdp"), None, "tensor", None))]
+        batch = ("data", "fsdp")
+        assert constraints(lambda v: constrain(v, image), x) == [str(PartitionSpec(batch, None, None, None))]
+        assert constraints(lambda v: constrain(v, heads), x) == [str(PartitionSpec(batch, None, "tensor", None))]
         # a dimension the mesh axes do not divide is left whole: 6 rows over data x fsdp = 4
         odd = np.ones((6, 2, 2, 8), np.float32)
         assert constraints(lambda v: constrain(v, image), odd) == [str(PartitionSpec(None, None, None, None))]
