@@ -15,7 +15,6 @@ The global batch is `per_chip_batch` x chips; the mesh is the config's (`--confi
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -92,8 +91,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--topology is required (the config has no pod.topology)")
     if topology != "local":
         # Compile-only TPU devices need libtpu, not the TPU backend: stay on the CPU backend so that
-        # a host without TPUs does not try to open one, and let several compiles share libtpu.
-        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+        # a host without TPUs does not try to open one.
         import jax
 
         jax.config.update("jax_platforms", "cpu")

@@ -8,6 +8,7 @@ may be compile-only TPU devices of a topology this host does not have.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,6 +58,7 @@ def topology_devices(topology: str, num_slices: int = 1) -> list[jax.Device]:
         raise ValueError(f"--topology {topology!r}: expected 'local' or a TPU topology such as 'v5e:16x16'")
     from jax.experimental import topologies
 
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only: several processes may load libtpu
     # v4 and v5p chips have two TensorCores that their TPU VMs drive as one device (megacore): one
     # JAX device per chip, as a training job sees them. libtpu's default would give one per core.
     kwargs = {"chip_config_name": "megacore" if topology.split(":")[0] in ("v4", "v5p") else "default"}
