@@ -61,8 +61,11 @@ def single_request() -> dict:
 
 
 def read_requests(path: str) -> list[dict]:
+    """The JSON requests of a JSONL file (local or gs://), one object per non-empty line."""
+    from upgpt_jax import storage
+
     requests = []
-    with open(path, encoding="utf-8") as file:
+    with storage.path(path).open(encoding="utf-8") as file:
         for number, line in enumerate(file, 1):
             if line.strip():
                 try:

@@ -28,6 +28,9 @@ setup(
         "pillow>=10.0",
         "safetensors>=0.4",
         "ftfy>=6.1",  # CLIP's text cleaning, as the original tokenizer does.
+        # Any path may be a gs:// URL (upgpt_jax/storage.py): etils.epath opens it through gcsfs.
+        "etils[epath]>=1.15.0",
+        "gcsfs>=2026.10.1",
     ],
     extras_require={
         "test": [
@@ -48,6 +51,8 @@ setup(
             # evaluation's SSIM and MS-SSIM).
             "scikit-image==0.26.0",
             "pytorch-msssim==1.0.0",
+            # A local GCS server for tests/test_object_storage.py (gs:// workdirs, data, outputs).
+            "gcp-storage-emulator==2026.7.19",
         ],
         # Reading PyTorch .ckpt/.bin weights (safetensors needs no torch).
         "convert": ["torch==2.13.0"],

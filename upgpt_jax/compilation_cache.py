@@ -1,4 +1,8 @@
-"""The persistent XLA compilation cache shared by the entry points (train, sample, benchmarks)."""
+"""The persistent XLA compilation cache shared by the entry points (train, sample, benchmarks).
+
+JAX_COMPILATION_CACHE_DIR may be a gs:// URL (e.g. one cache for every host of a pod): JAX opens a
+non-local cache folder through etils.epath (gcsfs), which this package installs.
+"""
 import os
 import pathlib
 

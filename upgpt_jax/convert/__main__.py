@@ -21,6 +21,7 @@ from typing import Any
 from absl import flags
 from ml_collections import config_flags
 
+from upgpt_jax import storage
 from upgpt_jax.convert import diffusers_folders, ldm
 from upgpt_jax.convert.params_io import PARAMS_DIR, PARTS, count_params, save_params
 from upgpt_jax.convert.torch_params import WeightConversionError
@@ -64,7 +65,7 @@ def _define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
     )
     flags.register_validator(
         "out",
-        lambda out: out is None or not (pathlib.Path(out) / PARAMS_DIR).exists(),
+        lambda out: out is None or not (storage.path(out) / PARAMS_DIR).exists(),  # local or gs://
         "--out already holds converted params; choose a new directory",
         flag_values=values,
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from upgpt_jax import storage
 from upgpt_jax.convert.weight_files import WeightFileError
 
 # The sub-trees of a converted-params tree, each optional.
@@ -36,7 +36,7 @@ def save_params(directory: str | os.PathLike, params: PyTree, metadata: Mapping[
     The directory must not already hold converted params, so an import never silently mixes
     with an older one.
     """
-    directory = pathlib.Path(directory).absolute()
+    directory = storage.absolute(directory)  # local or gs://
     if (directory / PARAMS_DIR).exists():
         raise WeightFileError(
             f"{directory / PARAMS_DIR} already exists; choose a new output directory"
@@ -58,7 +58,7 @@ def load_params(
     `target` is an optional abstract tree (jax.ShapeDtypeStruct leaves, with shardings to restore
     onto devices); without it arrays come back as they were saved (numpy on the host).
     """
-    directory = pathlib.Path(directory).absolute()
+    directory = storage.absolute(directory)  # local or gs://
     if not directory.is_dir():
         raise WeightFileError(f"converted params directory not found: {directory}")
     missing = [name for name in (PARAMS_DIR, METADATA_FILE) if not (directory / name).exists()]

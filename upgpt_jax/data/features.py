@@ -12,13 +12,19 @@ Rows are written in the order of the source, cut into global batches of `global_
 each batch process p writes the p-th contiguous slice. `FeatureSource[i]` undoes this, so record i is
 always the features of source example i, whatever the number of writing processes.
 
+The folder may be a gs:// URL: ArrayRecordWriter writes local files only, so each shard is written
+to a temporary file and uploaded when closed; array_record's reader opens gs:// objects itself
+(google-cloud-cpp: application default credentials, CLOUD_STORAGE_EMULATOR_ENDPOINT for an emulator).
+
 The signature lists the config fields the stored values depend on (encoder shapes and weights, the
 compute dtype, the dataset). Training from a folder whose signature differs from its config is
 refused with the differing fields named: the features would silently belong to another model.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +35,7 @@ from array_record.python.array_record_data_source import ArrayRecordDataSource
 from array_record.python.array_record_module import ArrayRecordWriter
 from flax import serialization
 
+from upgpt_jax import storage
 from upgpt_jax.data.transforms import FEATURE_RECORD_KEYS
 
 METADATA_FILE = "metadata.json"
@@ -88,12 +95,16 @@ class FeatureWriter:
     """Writes this process's rows (FEATURE_RECORD_KEYS dicts of numpy arrays) to its shard."""
 
     def __init__(self, folder: str | pathlib.Path, process_index: int, process_count: int):
-        self.folder = pathlib.Path(folder)
+        self.folder = storage.path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / shard_name(process_index, process_count)
         self.count = 0
         self.record_bytes = 0  # serialised size (the file adds ArrayRecord's chunk headers and block padding)
-        self._writer = ArrayRecordWriter(str(self.path), "group_size:1")  # one record per chunk: random access
+        self.file_bytes: int | None = None  # the shard's size, once closed
+        # ArrayRecordWriter writes local files only: a gs:// shard is written locally, uploaded on close.
+        self._output = contextlib.ExitStack()
+        self._local = self._output.enter_context(storage.local_output(self.path))
+        self._writer = ArrayRecordWriter(self._local, "group_size:1")  # one record per chunk: random access
 
     def write(self, record: Mapping[str, np.ndarray]) -> None:
         if set(record) != set(FEATURE_RECORD_KEYS):
@@ -104,7 +115,10 @@ class FeatureWriter:
         self.record_bytes += len(serialised)
 
     def close(self) -> None:
-        self._writer.close()
+        if self.file_bytes is None:
+            self._writer.close()
+            self.file_bytes = os.path.getsize(self._local)
+            self._output.close()
 
     def __enter__(self) -> FeatureWriter:
         return self
@@ -127,12 +141,12 @@ def write_metadata(folder: str | pathlib.Path, *, count: int, global_batch_size:
         "signature": dict(signature),
         "info": dict(info),
     }
-    (pathlib.Path(folder) / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    (storage.path(folder) / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
 def read_metadata(folder: str | pathlib.Path) -> dict[str, Any]:
-    path = pathlib.Path(folder) / METADATA_FILE
-    if not pathlib.Path(folder).is_dir():
+    path = storage.path(folder) / METADATA_FILE
+    if not storage.path(folder).is_dir():
         raise FileNotFoundError(f"config.data.features_dir {str(folder)!r} is not a folder; write one with "
                                 f"`python -m upgpt_jax.train.precompute --config ... --out {folder}`")
     if not path.is_file():
@@ -149,7 +163,7 @@ class FeatureSource:
     arrays, the features of source example i."""
 
     def __init__(self, folder: str | pathlib.Path):
-        self.folder = pathlib.Path(folder)
+        self.folder = storage.path(folder)  # local or gs:// (array_record reads gs:// objects itself)
         self.metadata = read_metadata(self.folder)
         self.count = int(self.metadata["count"])
         self.global_batch_size = int(self.metadata["global_batch_size"])

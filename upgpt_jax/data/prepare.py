@@ -4,6 +4,7 @@
     python -m upgpt_jax.data.prepare --dataset deepfashion_upgpt --data_dir DIR --manual_dir DF [--skip_bad]
 
 ``--image_size`` picks the config (64x48 with 32-pixel style crops, or 256x192 with 224).
+``--data_dir`` may be a gs:// URL: the dataset is built in a temporary local folder and uploaded.
 TFDS shows a progress bar per split. The builders live in the repository's ``data/`` folder,
 which this module puts on ``sys.path``. Read the result with
 ``tfds.builder_from_directory(PRINTED_DIR).as_data_source("train")``.
@@ -13,8 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
+
+from upgpt_jax import storage
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 DATASETS = ("synthetic_people", "deepfashion_upgpt")
@@ -53,9 +57,31 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Build the dataset; return (and print) the directory the splits were written to."""
+def main(argv: Sequence[str] | None = None) -> storage.AnyPath:
+    """Build the dataset; return (and print) the directory the splits were written to (a Path, or an
+    etils.epath.Path for a gs:// --data_dir)."""
     args = _parse_args(argv)
+    return _prepare_in_bucket(args) if storage.is_url(args.data_dir) else _prepare(args)
+
+
+def _prepare_in_bucket(args: argparse.Namespace) -> storage.AnyPath:
+    """TFDS writes ArrayRecord shards with array_record's writer, which opens local files only: build
+    in a temporary folder, then upload it under the gs:// --data_dir (unless the dataset is there)."""
+    remote = storage.path(args.data_dir)
+    with tempfile.TemporaryDirectory(prefix="upgpt_prepare_") as local:
+        built = _prepare(argparse.Namespace(**{**vars(args), "data_dir": local}))
+        relative = built.relative_to(local)
+        target = remote.joinpath(*relative.parts)
+        if target.exists():
+            print(f"{target} already exists; it is kept as is (use another --data_dir to rebuild)")
+            return target
+        storage.upload_tree(local, remote)
+    print(f"uploaded to {target}")
+    return target
+
+
+def _prepare(args: argparse.Namespace) -> Path:
+    """Build the dataset in the local args.data_dir; return the directory of its splits."""
     if str(_REPO_ROOT) not in sys.path:  # the builder packages live in <repo>/data/
         sys.path.insert(0, str(_REPO_ROOT))
     import tensorflow_datasets as tfds

@@ -31,6 +31,7 @@ import numpy as np
 from jax.sharding import Mesh
 from PIL import Image
 
+from upgpt_jax import storage
 from upgpt_jax.eval.fid import FeatureStatistics, frechet_distance, kernel_inception_distance
 from upgpt_jax.eval.image_metrics import ms_ssim, ssim
 from upgpt_jax.eval.inception import inception_features, load_fid_inception
@@ -77,8 +78,8 @@ def center_crop(image: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
 
 
 def image_files(folder: str | os.PathLike) -> dict[str, Path]:
-    """{name without extension: path} of the images directly in `folder` (not recursive)."""
-    folder = Path(folder)
+    """{name without extension: path} of the images directly in `folder` (not recursive; local or gs://)."""
+    folder = storage.path(folder)
     if not folder.is_dir():
         raise ProtocolError(f"{folder}: not a directory (expected {'/'.join(IMAGE_SUFFIXES)} images)")
     files: dict[str, Path] = {}
@@ -119,7 +120,7 @@ def match_files(gt_dir: str | os.PathLike, sample_dir: str | os.PathLike,
 def read_cropped(path: Path, crop: tuple[int, int]) -> np.ndarray:
     """uint8 (h, w, 3) centre crop of an image file."""
     try:
-        with Image.open(path) as image:
+        with path.open("rb") as file, Image.open(file) as image:  # a local or a gs:// file
             pixels = np.asarray(image.convert("RGB"), np.uint8)
     except OSError as error:
         raise ProtocolError(f"{path}: cannot read image ({error})") from error

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import pathlib
 import numpy as np
-from PIL import Image
 
+from upgpt_jax import storage
 from upgpt_jax.eval.protocols import EvalResult
 from upgpt_jax.pipeline.outputs import image_grid, jsonable
 
@@ -22,9 +22,10 @@ def _format_value(value: float) -> str:
     return f"{value:.4f}" if isinstance(value, float) and abs(value) < 1e4 else str(value)
 
 
-def write_report(result: EvalResult, out_dir: str | pathlib.Path) -> dict[str, pathlib.Path]:
-    """Write metrics.json (metrics, per-example values, details) and worst.png; return their paths."""
-    out = pathlib.Path(out_dir)
+def write_report(result: EvalResult, out_dir: str | pathlib.Path) -> dict[str, storage.AnyPath]:
+    """Write metrics.json (metrics, per-example values, details) and worst.png to `out_dir` (a local folder
+    or a gs:// URL); return their paths."""
+    out = storage.path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {"json": out / "metrics.json"}
     record = {"protocol": result.protocol, "metrics": result.metrics, "details": result.details,
@@ -38,6 +39,6 @@ def write_report(result: EvalResult, out_dir: str | pathlib.Path) -> dict[str, p
             cells += list(images) + [blank] * (columns - len(images))
             labels += [label] + [""] * (columns - 1)
         written["worst"] = out / "worst.png"
-        Image.fromarray(image_grid(cells, labels, columns)).save(written["worst"])
+        storage.save_image(image_grid(cells, labels, columns), written["worst"])
     return written
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 from typing import Any
 
 import flax.linen as nn
@@ -25,6 +24,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
+from upgpt_jax import storage
 from upgpt_jax.models.clip import ClipEncoders, clip_from_config
 from upgpt_jax.models.fusion import MultimodalFusion
 from upgpt_jax.models.upgpt import UPGPT, build_model
@@ -88,7 +88,7 @@ def load_vae(path: str | os.PathLike, like: Any = None) -> Any:
     """The VAE params of a training run (its newest checkpoint's EMA; either stage) or of a
     converted-params folder; with `like` (a tree of arrays or shapes) they must have its names and
     shapes, else a ValueError says the VAE does not fit."""
-    vae = _read_vae(pathlib.Path(path))
+    vae = _read_vae(storage.path(path))
     if like is not None and (jax.tree.structure(vae) != jax.tree.structure(like) or any(
             np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(vae), jax.tree.leaves(like)))):
         raise ValueError(f"train.init_vae_from={path}: its VAE does not fit this config's model.vae "
@@ -96,7 +96,7 @@ def load_vae(path: str | os.PathLike, like: Any = None) -> Any:
     return vae
 
 
-def _read_vae(path: pathlib.Path) -> Any:
+def _read_vae(path: storage.AnyPath) -> Any:
     if (path / CHECKPOINT_DIR).is_dir():
         config, step = run_config(path)
         return jax.device_get(restore_params(path, config, step, "ema")["vae"])
@@ -114,7 +114,7 @@ def run_config(workdir: str | os.PathLike, step: int | None = None) -> tuple[ml_
     """(the config a run was trained with, the checkpoint step) — cheap: reads JSON only."""
     manager = _manager(workdir)
     steps = manager.all_steps()
-    directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+    directory = storage.absolute(workdir) / CHECKPOINT_DIR
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {directory}: train first (python train.py --workdir {workdir})")
     step = max(steps) if step is None else step
@@ -126,7 +126,7 @@ def run_config(workdir: str | os.PathLike, step: int | None = None) -> tuple[ml_
 
 
 def _manager(workdir: str | os.PathLike) -> ocp.CheckpointManager:
-    directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+    directory = storage.absolute(workdir) / CHECKPOINT_DIR  # local or gs://
     if not directory.is_dir():
         raise FileNotFoundError(f"{workdir} has no {CHECKPOINT_DIR}/ folder: expected a train.py --workdir")
     return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from upgpt_jax import storage
 from upgpt_jax.pipeline.tasks import Job
 
 _LABEL_HEIGHT = 12
@@ -41,14 +42,15 @@ def _fit(label: str, width: int) -> str:
     return label if len(label) <= limit else label[: limit - 1] + "~"
 
 
-def write_job(out_dir: str | pathlib.Path, job: Job, images: np.ndarray, metadata: Mapping[str, Any]) -> pathlib.Path:
-    """Write `job`'s samples under out_dir/<job.name>/ and return that folder."""
-    folder = pathlib.Path(out_dir) / job.name
+def write_job(out_dir: str | pathlib.Path, job: Job, images: np.ndarray,
+              metadata: Mapping[str, Any]) -> storage.AnyPath:
+    """Write `job`'s samples under out_dir/<job.name>/ (a local folder or a gs:// URL) and return that folder."""
+    folder = storage.path(out_dir) / job.name  # plan() keeps job.name to one path component
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for index, image in enumerate(images):
         path = folder / f"sample_{index:03d}.png"
-        Image.fromarray(image).save(path)
+        storage.save_image(image, path)
         files.append(path.name)
     # References (ground truth, source) in the first row(s), the samples from a new row on.
     references = [(label, image) for label, stack in job.references.items() for image in stack]
@@ -57,10 +59,10 @@ def write_job(out_dir: str | pathlib.Path, job: Job, images: np.ndarray, metadat
     white = np.full_like(images[0], 255)
     grid_images = [image for _, image in references] + [white] * blanks + list(images)
     grid_labels = [label for label, _ in references] + [""] * blanks + list(job.labels)
-    Image.fromarray(image_grid(grid_images, grid_labels, columns)).save(folder / "grid.png")
+    storage.save_image(image_grid(grid_images, grid_labels, columns), folder / "grid.png")
     for label, stack in job.references.items():
         for index, image in enumerate(stack):
-            Image.fromarray(image).save(folder / f"{label.replace(' ', '_')}_{index:03d}.png")
+            storage.save_image(image, folder / f"{label.replace(' ', '_')}_{index:03d}.png")
     record = dict(metadata, task=job.task, name=job.name, request=job.request, files=files, samples=[
         dict(file=file, seed=seed, label=label, conditions=person.describe())
         for file, seed, label, person in zip(files, job.seeds, job.labels, job.people)])
@@ -70,19 +72,22 @@ def write_job(out_dir: str | pathlib.Path, job: Job, images: np.ndarray, metadat
     return folder
 
 
-def write_animation(stem: pathlib.Path, frames: np.ndarray, fps: int = 8) -> list[pathlib.Path]:
-    """stem.gif (always; forwards then backwards, looping) and stem.mp4 when imageio-ffmpeg is there."""
+def write_animation(stem: storage.AnyPath, frames: np.ndarray, fps: int = 8) -> list[storage.AnyPath]:
+    """stem.gif (always; forwards then backwards, looping) and stem.mp4 when imageio-ffmpeg is there
+    (local or gs://: the encoders write a local file, `storage.local_output` uploads it)."""
     sequence = list(frames) + list(frames[-2:0:-1])
     pil = [Image.fromarray(frame) for frame in sequence]
     written = [stem.with_suffix(".gif")]
-    pil[0].save(written[0], save_all=True, append_images=pil[1:], duration=int(1000 / fps), loop=0)
+    with storage.local_output(written[0]) as local:
+        pil[0].save(local, save_all=True, append_images=pil[1:], duration=int(1000 / fps), loop=0)
     if importlib.util.find_spec("imageio") is None or importlib.util.find_spec("imageio_ffmpeg") is None:
         return written  # optional: pip install imageio imageio-ffmpeg
     import imageio.v2 as imageio
 
     # The format is named: with tifffile installed (scikit-image pulls it in) imageio's own
     # choice by extension can land on a writer that takes no fps.
-    with imageio.get_writer(stem.with_suffix(".mp4"), format="FFMPEG", fps=fps, macro_block_size=1) as writer:
+    with storage.local_output(stem.with_suffix(".mp4")) as local, \
+            imageio.get_writer(local, format="FFMPEG", fps=fps, macro_block_size=1) as writer:
         for frame in sequence:
             writer.append_data(frame)
     written.append(stem.with_suffix(".mp4"))

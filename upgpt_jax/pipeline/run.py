@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from upgpt_jax import storage
 from upgpt_jax.pipeline.conditions import ConditionError
 from upgpt_jax.pipeline.loading import LoadedModel
 from upgpt_jax.pipeline.outputs import write_job
@@ -27,8 +28,9 @@ def plan_requests(config: Any, requests: Sequence[Mapping[str, Any]], smpl_model
 
 
 def run_jobs(loaded: LoadedModel, jobs: Sequence[Job], out_dir: str | pathlib.Path,
-             settings: SamplingSettings | None = None, progress: bool = True) -> list[pathlib.Path]:
-    """Sample all jobs together, in full sharded batches, and write each one's folder under `out_dir`."""
+             settings: SamplingSettings | None = None, progress: bool = True) -> list[storage.AnyPath]:
+    """Sample all jobs together, in full sharded batches, and write each one's folder under `out_dir`
+    (a local folder or a gs:// URL)."""
     settings = settings or SamplingSettings.from_config(loaded.config.sampling)
     images = sample_jobs(Sampler(loaded, settings), jobs, progress)
     metadata = dict(checkpoint=loaded.source, sampling=dataclasses.asdict(settings), config=loaded.config.to_dict())
@@ -37,7 +39,7 @@ def run_jobs(loaded: LoadedModel, jobs: Sequence[Job], out_dir: str | pathlib.Pa
 
 def run_requests(loaded: LoadedModel, requests: Sequence[Mapping[str, Any]], out_dir: str | pathlib.Path,
                  settings: SamplingSettings | None = None, smpl_model_dir: str | None = None,
-                 progress: bool = True) -> list[pathlib.Path]:
+                 progress: bool = True) -> list[storage.AnyPath]:
     """`plan_requests` then `run_jobs`; returns the written folders."""
     return run_jobs(loaded, plan_requests(loaded.config, requests, smpl_model_dir), out_dir, settings, progress)
 

@@ -119,6 +119,10 @@ def plan(context: TaskContext, request: Mapping[str, Any], index: int = 0) -> Jo
     """The `Job` of one request; unknown tasks or keys are refused before any compute."""
     task = request.get("task")
     name = str(request.get("name") or f"{index:03d}_{task}")
+    # The name becomes the output folder OUT/<name>/: one plain path component, never outside OUT.
+    if name in (".", "..") or any(separator in name for separator in ("/", "\\", "\0")):
+        raise ConditionError(f"request name {name!r}: it names the output folder OUT/<name>/, so it must be one "
+                             "folder name (no '/', '\\', '.' or '..')")
     if task not in TASKS:
         raise ConditionError(f"request {name}: unknown task {task!r}; expected one of {', '.join(TASKS)}")
     unknown = set(request) - _KEYS[task] - _COMMON

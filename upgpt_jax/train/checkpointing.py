@@ -20,6 +20,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import flags
 
+from upgpt_jax import storage
 from upgpt_jax.train.state import TrainState
 
 
@@ -30,7 +31,8 @@ class Checkpointer:
         if jax.process_count() > 1:
             _barriers_through_the_coordinator()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True)
-        self.manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+        # A local folder or a URL (gs://...: orbax writes the arrays through tensorstore's GCS client).
+        self.manager = ocp.CheckpointManager(storage.absolute(directory), options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from upgpt_jax import storage
 from upgpt_jax.data.features import FeatureWriter, encoder_signature, write_metadata
 from upgpt_jax.data.pipeline import InputPipeline, make_global_batch
 from upgpt_jax.data.transforms import FEATURE_RECORD_KEYS, Record, pixel_transform_from_config
@@ -68,7 +69,7 @@ def precompute(config: ml_collections.ConfigDict, out: str | pathlib.Path, *, dt
     if dtype not in STORE_DTYPES:
         raise ValueError(f"--dtype must be one of {STORE_DTYPES}, got {dtype!r}")
     started = time.perf_counter()
-    out = pathlib.Path(out)
+    out = storage.path(out)  # local or gs://
     parts = compiled_for(config)
     vae_params = initial_state(parts, config.train).frozen_params  # the VAE a training run of this config starts from
     source = training_source(config.data, config.model)
@@ -110,7 +111,7 @@ def precompute(config: ml_collections.ConfigDict, out: str | pathlib.Path, *, dt
         write_metadata(out, count=count, global_batch_size=global_batch, process_count=process_count,
                        example=example, signature=encoder_signature(config),
                        info={"data.data_dir": config.data.data_dir, "dtype": dtype, "seconds": round(seconds, 1)})
-    return {"count": count, "written": writer.count, "shard_bytes": writer.path.stat().st_size,
+    return {"count": count, "written": writer.count, "shard_bytes": writer.file_bytes,
             "record_bytes": writer.record_bytes, "seconds": seconds}
 
 

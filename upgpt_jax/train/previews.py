@@ -14,8 +14,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
-from PIL import Image
 
+from upgpt_jax import storage
 from upgpt_jax.distributed import is_main_process
 from upgpt_jax.models.upgpt import UPGPT
 from upgpt_jax.pipeline.loading import LoadedModel
@@ -40,7 +40,7 @@ class SamplePreviews:
                              tokenizer=load_clip_tokenizer(), mesh=mesh, source={})
         self.sampler = Sampler(loaded, SamplingSettings.from_config(config.sampling))
         self.seed = int(config.sampling.seed)
-        self.folder = pathlib.Path(workdir) / SAMPLES_DIR
+        self.folder = storage.path(workdir) / SAMPLES_DIR  # local or gs://
 
     def __call__(self, step: int, params: Any) -> np.ndarray:
         """Sample with `params` ({"unet", "fusion", "vae"}); process 0 writes the grid, every process
@@ -50,5 +50,5 @@ class SamplePreviews:
                           columns=len(images))
         if is_main_process():
             self.folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(grid).save(self.folder / f"step_{step:07d}.png")
+            storage.save_image(grid, self.folder / f"step_{step:07d}.png")
         return grid

@@ -9,14 +9,14 @@ they are encoded by hand here rather than pulling TensorFlow or protobuf in at r
 
 Every call appends one whole record and flushes it, so a live TensorBoard sees progress
 at once and a crash loses at most the record being written (TensorBoard stops cleanly at a
-truncated last record).
+truncated last record). A gs:// (any URL) logdir cannot be appended to: the file is re-uploaded
+whole at most every `storage.UPLOAD_EVERY_S` seconds and on flush/close (upgpt_jax.storage).
 """
 from __future__ import annotations
 
 import io
 import itertools
 import os
-import pathlib
 import socket
 import struct
 import time
@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
+
+from upgpt_jax import storage
 
 FILE_VERSION = "brain.Event:2"
 
@@ -149,15 +151,15 @@ class SummaryWriter:
 
     def __init__(self, logdir: str | os.PathLike, enabled: bool = True):
         self.enabled = enabled
-        self.path: pathlib.Path | None = None
+        self.path: storage.AnyPath | None = None
         if not enabled:
             return
-        logdir = pathlib.Path(logdir)
+        logdir = storage.path(logdir)
         logdir.mkdir(parents=True, exist_ok=True)
         now = time.time()
         name = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}.{next(_writer_ids)}"
         self.path = logdir / name
-        self._file = open(self.path, "xb")
+        self._file = storage.AppendFile(self.path, exclusive=True)  # gs:// too (uploaded every ~30 s)
         self._write(_event(now, 0, file_version=FILE_VERSION))
 
     def scalars(self, step: int, values: Mapping[str, float | None]) -> None:
@@ -175,7 +177,8 @@ class SummaryWriter:
         self._write(_event(time.time(), step, summary_values=[_image_value(tag, np.asarray(image))]))
 
     def flush(self) -> None:
-        """Push buffered bytes to the OS (each call already does; this is for callers that want to be sure)."""
+        """Push buffered bytes to the OS (each call already does; this is for callers that want to be sure),
+        or to the object store now when the logdir is a URL."""
         if self.enabled:
             self._file.flush()
 
@@ -191,6 +194,5 @@ class SummaryWriter:
         self.close()
 
     def _write(self, event: bytes) -> None:
-        # One write of the whole record, then flush: a reader never waits on a half-buffered record.
+        # One write of the whole record, flushed (AppendFile.write): a reader never waits on a half-buffered record.
         self._file.write(tfrecord(event))
-        self._file.flush()

@@ -39,6 +39,7 @@ from upgpt_jax.hardware import peak_flops_per_device
 from upgpt_jax.models.clip import clip_from_config
 from upgpt_jax.models.upgpt import UPGPT, build_model
 from upgpt_jax.pipeline.loading import load_vae
+from upgpt_jax import storage
 from upgpt_jax.sharding import make_mesh, weight_shardings
 from upgpt_jax.train.checkpointing import Checkpointer, PreemptionSignal
 from upgpt_jax.train.data import training_pipeline
@@ -71,22 +72,27 @@ class MetricsLog:
     """Appends one JSON object per logged step to DIR/metrics.jsonl and writes the same scalars (and
     sample grids) as TensorBoard events to DIR/tensorboard/ (process 0 only)."""
 
-    def __init__(self, workdir: pathlib.Path, resume_step: int):
+    def __init__(self, workdir: storage.AnyPath, resume_step: int):
         self.path = workdir / METRICS_FILE
         self.enabled = is_main_process()
         self.tensorboard = SummaryWriter(workdir / TENSORBOARD_DIR, enabled=self.enabled)
-        if self.enabled and self.path.exists():  # drop lines an interrupted run logged after its checkpoint
-            lines = [line for line in self.path.read_text().splitlines()
-                     if line.strip() and json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in lines))
+        self._file = None
+        if self.enabled:
+            kept = None
+            if self.path.exists():  # drop lines an interrupted run logged after its checkpoint
+                kept = "".join(line + "\n" for line in self.path.read_text().splitlines()
+                               if line.strip() and json.loads(line)["step"] <= resume_step).encode()
+            # An object store cannot append: AppendFile re-uploads the file (every ~30 s and on close).
+            self._file = storage.AppendFile(self.path, initial=kept)
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            with self.path.open("a") as file:
-                file.write(json.dumps(record) + "\n")
+            self._file.write((json.dumps(record) + "\n").encode())
             self.tensorboard.scalars(record["step"], {key: value for key, value in record.items() if key != "step"})
 
     def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
         self.tensorboard.close()
 
 
@@ -151,7 +157,7 @@ def _compiled(config: ml_collections.FrozenConfigDict, devices: tuple[jax.Device
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> TrainResult:
     """Train the stage (`config.train.stage`) described by `config` in `workdir` (created or resumed)."""
     started = time.perf_counter()
-    workdir = pathlib.Path(workdir)
+    workdir = storage.path(workdir)  # a local folder or a URL (gs://...): upgpt_jax.storage
     workdir.mkdir(parents=True, exist_ok=True)
     train_config = config.train
     profile_steps = parse_profile_steps(train_config.get("profile_steps", ()))  # refused before any set-up

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from upgpt_jax import storage
 from upgpt_jax.data.records import BadExampleError, deepfashion_record, load_captions, open_rgb, read_pairs
 from upgpt_jax.eval.folders import (ORIGINAL_CROP, center_crop, evaluate_folders, image_files, load_metric_networks,
                                     read_cropped)
@@ -121,7 +122,7 @@ def _cropped(image: np.ndarray, crop: tuple[int, int], what: str) -> np.ndarray:
 
 
 def _save_jpeg(image: np.ndarray, path: Path) -> None:
-    Image.fromarray(image).save(path)  # PIL's default JPEG quality, as the original's ToPILImage().save
+    storage.save_image(image, path)  # PIL's default JPEG quality, as the original's ToPILImage().save
 
 
 def _write_ground_truth(name: str, image: np.ndarray, gt_dir: Path, crop: tuple[int, int]) -> None:
@@ -180,7 +181,7 @@ def evaluate_deepfashion(options: EvalOptions, protocol: str) -> EvalResult:
         raise ProtocolError(f"{pair_file}: no rows")
     names = [original_name(*pair) for pair in pairs]
     lpips, inception, _ = load_metric_networks(options.lpips_dir, options.inception_path)  # bad paths fail now
-    gt_dir = Path(options.out_dir) / "gt"
+    gt_dir = storage.path(options.out_dir) / "gt"  # --out may be gs://
     gt_dir.mkdir(parents=True, exist_ok=True)
     details: dict[str, Any] = dict(
         pair_file=str(pair_file), num_examples=len(pairs),
@@ -194,12 +195,12 @@ def evaluate_deepfashion(options: EvalOptions, protocol: str) -> EvalResult:
         crop, crop_note = crop_for(image_size)
         for name, (_, target) in zip(names, pairs):
             _write_ground_truth(name, _read_image(data_dir, target, image_size), gt_dir, crop)
-        sample_dir = Path(options.samples_dir)
+        sample_dir = storage.path(options.samples_dir)
     else:
         loaded = load_model(options)
         image_size = tuple(int(side) for side in loaded.config.model.image_size)
         crop, crop_note = crop_for(image_size)
-        sample_dir = Path(options.out_dir) / "samples"
+        sample_dir = storage.path(options.out_dir) / "samples"
         sample_dir.mkdir(parents=True, exist_ok=True)
         details.update(_generate(loaded, options, data_dir, pairs, names, (gt_dir, sample_dir), crop))
     details.update(samples=str(sample_dir), crop=list(crop), examples=names)
