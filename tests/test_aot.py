@@ -193,3 +193,23 @@ def test_train_step_for_tpu_v5e_2x2():
     assert roof["step_s"] == pytest.approx(max(result["xla_flops"] / 197e12, result["xla_bytes"] / 819e9))
     assert roof["mfu"] == pytest.approx(result["model_flops"] / roof["step_s"] / 197e12)
     assert result["collectives"]["all-gather"]["count"] > 0
+
+
+@pytest.mark.parametrize("chip", ["v5e", "v5p", "v6e", "v4"])
+def test_pod_configs_describe_their_slice(chip):
+    import importlib
+
+    from upgpt_jax.sharding import mesh_shape
+
+    module = importlib.import_module(f"configs.pods.upgpt_256_{chip}")
+    config, pod = module.get_config(), module.get_config().pod
+    assert pod.topology.startswith(f"{chip}:")
+    assert config.train.batch_size == pod.per_chip_batch * pod.chips
+    assert config.model.dtype == "bfloat16" and config.model.param_dtype == "float32"
+    assert mesh_shape(config.mesh, pod.chips)[1] == config.mesh.fsdp
+    # The docstring launches this file and gives the figures of its AOT compile.
+    assert f"--config configs/pods/upgpt_256_{chip}.py" in module.__doc__ and "AOT_FIGURES" not in module.__doc__
+    if importlib.util.find_spec("libtpu"):
+        from upgpt_jax.aot.programs import topology_devices
+
+        assert len(topology_devices(pod.topology)) == pod.chips

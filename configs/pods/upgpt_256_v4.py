@@ -1,0 +1,21 @@
+"""The released UPGPT (256x192) trained on a TPU v4-128 slice: 64 chips (v4:4x4x4, megacore), FSDP over 4.
+
+Launch (every host of the slice runs the same command; features precomputed once with
+`python -m upgpt_jax.train.precompute`, so the step runs the UNet alone):
+  gcloud compute tpus tpu-vm ssh $TPU_NAME --zone=$ZONE --worker=all --command "cd upgpt-jax && \
+    python train.py --config configs/pods/upgpt_256_v4.py --workdir gs://$BUCKET/upgpt_256_v4 \
+    --config.data.features_dir=gs://$BUCKET/features/deepfashion_256 --distributed=auto"
+Check the plan on any host, ahead of time (pip install -e ".[tpu]"):
+  python -m upgpt_jax.aot --config configs/pods/upgpt_256_v4.py
+
+AOT figures: not compiled at full size yet (`python -m upgpt_jax.aot --config
+configs/pods/upgpt_256_v4.py` gives them). By scaling the v5e compiles: the state is 1/4 of 6.7 GiB
+per chip and per-example temporaries ~0.4 GiB, so per-chip batch 32 needs ~15 GiB of v4's 32.
+"""
+import ml_collections
+
+from upgpt_jax.config_base import pod_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    return pod_config("v4:4x4x4", chips=64, per_chip_batch=32, fsdp=4)
