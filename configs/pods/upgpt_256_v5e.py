@@ -9,8 +9,7 @@ Check the plan on any host, ahead of time (pip install -e ".[tpu]"):
   python -m upgpt_jax.aot --config configs/pods/upgpt_256_v5e.py
 
 AOT figures (python -m upgpt_jax.aot on a 2-core CPU host, libtpu 0.0.42.1; roofline times are
-estimates; compiled before the upsampler's activation constraint and the lax.cond NaN guard, both
-of which cut traffic, see benchmarks/RESULTS.md): 14.46 GiB of 16 per chip (0.64 arguments, 13.82
+estimates; compiled before the upsampler's activation constraint, see benchmarks/RESULTS.md): 14.46 GiB of 16 per chip (0.64 arguments, 13.82
 temporaries), XLA 6.18 TFLOP and 159.3 GB per chip per step, roofline 0.195 s (memory-bound):
 164 img/s per chip, MFU 17.0%. 100.8 of those 159 GB were all-gathers of the upsampled
 activations; `Upsample` now constrains them to stay batch-sharded (models/layers.py), a fix whose
