@@ -62,7 +62,8 @@ def analyse(compiled: Any, *, chips: int, device_kind: str, global_batch: int, m
         flops, bytes_accessed = flops + (loop_trips - 1) * body_flops, bytes_accessed + (loop_trips - 1) * body_bytes
     per_chip_model_flops = model_flops / chips
     estimate = roofline(flops, bytes_accessed, per_chip_model_flops, global_batch / chips, device_kind)
-    capacity = chip_for(device_kind).hbm_bytes if chip_for(device_kind) else None
+    chip = chip_for(device_kind)
+    capacity = chip.hbm_bytes if chip else None
     parsed = parse_computations(compiled.as_text())
     return dict(
         memory_gib={key: value / GIB for key, value in memory.items()},
