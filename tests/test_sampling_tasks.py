@@ -38,13 +38,15 @@ def test_loads_the_ema_weights_and_the_run_config(loaded, tiny_model, tiny_confi
 def test_converted_weights_bring_their_condition_statistics_or_are_refused(tiny_model, tiny_config, tmp_path):
     """Converted params that hold condition_stats (e.g. exported from a run here) are sampled with them;
     without them a standardizing config is refused, naming the folder and the setting to change.
-    Fusion nulls the weights lack are initialised and named in the source."""
+    Fusion nulls the weights lack are initialised and named in the source, beside the converted files."""
     from upgpt_jax.convert.params_io import save_params
 
     params = scaled_random_params(tiny_model[1])
     params["condition_stats"] = {name: value + 0.5 for name, value in params["condition_stats"].items()}
-    save_params(tmp_path / "with", params, {"source": "test"})
+    sources = [{"path": "/weights/upgpt.ckpt", "bytes": 123}]  # as `python -m upgpt_jax.convert` records them
+    save_params(tmp_path / "with", params, {"sources": sources})
     loaded = pipeline.load_from_params(tmp_path / "with", tiny_config)
+    assert loaded.source["converted_from"] == sources
     for name, value in params["condition_stats"].items():
         np.testing.assert_array_equal(np.asarray(loaded.params["condition_stats"][name]), value)
 

@@ -149,7 +149,7 @@ def load_from_params(params_dir: str | os.PathLike, config: ml_collections.Confi
                          "checkpoints from elsewhere have none); sample it with model.standardize_conditions=False")
     fresh_fusion, converted_fusion = _fresh_fusion(config), params.get("fusion", {})
     source = dict(params_dir=str(params_dir), initialised=sorted(set(fresh_fusion) - set(converted_fusion)),
-                  converted_from=metadata.get("source"))
+                  converted_from=metadata.get("sources"))
     params = {"unet": params["unet"], "vae": params["vae"], "fusion": {**fresh_fusion, **converted_fusion},
               **({"condition_stats": params["condition_stats"]} if standardize else {})}
     shardings = abstract_params(model, config.model, mesh, config.axis_rules)[1]
