@@ -214,10 +214,13 @@ def pod_config(topology: str, chips: int, per_chip_batch: int, fsdp: int = 1, re
                ) -> ml_collections.ConfigDict:
     """The released model trained on a TPU slice (`configs/pods/`): bf16 compute over fp32 master
     weights, a mesh of data x `fsdp`, a global batch of `per_chip_batch` x `chips`, per-block remat
-    as given. `pod` records the plan, so `python -m upgpt_jax.aot --config FILE` compiles for it."""
+    as given, and the Pallas flash-attention kernel for the 768-token self-attention
+    (models/flash_attention.py). `pod` records the plan, so `python -m upgpt_jax.aot --config FILE`
+    compiles for it."""
     c = released_config()
     c.model.dtype = "bfloat16"
     c.model.unet.remat = remat
+    c.model.unet.attention_implementation = "flash"
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=fsdp, tensor=1))
     c.train.batch_size = per_chip_batch * chips
     c.pod = ml_collections.ConfigDict(dict(topology=topology, chips=chips, per_chip_batch=per_chip_batch))

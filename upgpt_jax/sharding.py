@@ -208,6 +208,20 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_sharding(names, x.shape, mesh, rules))
 
 
+def map_shards(function: Callable[..., jax.Array], names: Sequence[str | None], *arrays: jax.Array) -> jax.Array:
+    """`function` applied to each device's shard of `arrays` (all laid out by the logical `names`,
+    as is its output) under the active `activation_sharding`; on the whole arrays outside it.
+
+    For kernels XLA cannot partition itself (Pallas calls): they see only their local block."""
+    placement = getattr(_ACTIVATIONS, "placement", None)
+    if placement is None or placement[0].size == 1:
+        return function(*arrays)
+    mesh, rules = placement
+    spec = logical_sharding(names, arrays[0].shape, mesh, rules).spec
+    return jax.shard_map(function, mesh=mesh, in_specs=(spec,) * len(arrays), out_specs=spec,
+                         check_vma=False)(*arrays)
+
+
 def pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
     """Repeat the last row of `batch` up to `size` rows: a partial last batch keeps the compiled
     shape (one compilation); callers drop the padding rows from the results."""

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from upgpt_jax.models.flash_attention import dot_product_attention
 from upgpt_jax.sharding import constrain
 
 Array = jax.Array
@@ -152,7 +153,8 @@ def multi_head_attention(
     which mirrors diffusers' `Attention` (whose output Linear lives at `to_out.0`). `hidden` is
     (B, T, C); keys and values come from `context` (B, S, D), or from `hidden` when it is None.
     `jax.nn.dot_product_attention` takes the (B, T, heads, head_dim) layout directly, so no
-    transposes are needed; `implementation=None` lets JAX choose (XLA today, "cudnn" can be forced).
+    transposes are needed; `implementation=None` lets JAX choose (XLA today, "cudnn" can be forced),
+    "flash" takes the Pallas TPU kernel where it applies (models/flash_attention.py).
     Logits and softmax run in float32 even for bfloat16 inputs.
     """
     batch, length, width = hidden.shape
@@ -172,7 +174,7 @@ def multi_head_attention(
     query = project("to_q", hidden, "embed")
     key = project("to_k", source, source_axis)
     value = project("to_v", source, source_axis)
-    attended = jax.nn.dot_product_attention(query, key, value, implementation=implementation)
+    attended = dot_product_attention(query, key, value, implementation)
     attended = constrain(attended, HEAD_ACTIVATION).reshape(batch, length, width)
     out = partitioned_dense(
         width, ("heads", "embed"), name="to_out_0", dtype=dtype, param_dtype=param_dtype

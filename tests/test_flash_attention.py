@@ -1,0 +1,100 @@
+"""models/flash_attention.py: the Pallas TPU flash-attention kernel against XLA's attention (run
+in Pallas's TPU interpret mode on this CPU, whole and on each device's shard), and the program
+compiled for a TPU topology really calling the kernel while the CPU program does not."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from upgpt_jax.models.flash_attention import dot_product_attention, flash_applies, tpu_flash_attention
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def operands(shape=(2, 128, 2, 28), dtype=jnp.float32):
+    keys = jax.random.split(jax.random.key(0), 3)
+    return tuple(jax.random.normal(key, shape, dtype) for key in keys)
+
+
+def loss_and_grads(attention, query, key, value):
+    """A non-linear loss, so the gradients check every output element, not just their sum."""
+    loss = lambda q, k, v: jnp.sum(jnp.sin(attention(q, k, v)))  # noqa: E731
+    return attention(query, key, value), jax.grad(loss, argnums=(0, 1, 2))(query, key, value)
+
+
+def test_kernel_equals_xla_attention_with_gradients():
+    import jax.experimental.pallas.tpu as pltpu
+
+    query, key, value = operands()
+    with pltpu.force_tpu_interpret_mode():
+        out, grads = loss_and_grads(tpu_flash_attention, query, key, value)
+    ref_out, ref_grads = loss_and_grads(jax.nn.dot_product_attention, query, key, value)
+    np.testing.assert_allclose(out, ref_out, atol=2e-6)
+    for grad, ref in zip(grads, ref_grads):
+        np.testing.assert_allclose(grad, ref, atol=2e-6)
+
+
+def test_lengths_the_kernel_cannot_tile_use_xla():
+    assert flash_applies(768, 768) and not flash_applies(768, 87) and not flash_applies(192, 192)
+    query, key, value = operands((1, 48, 2, 8))
+    np.testing.assert_array_equal(dot_product_attention(query, key, value, "flash"),
+                                  jax.nn.dot_product_attention(query, key, value))
+
+
+SHARDED = """
+import jax, jax.numpy as jnp, numpy as np
+import jax.experimental.pallas.tpu as pltpu
+from upgpt_jax.models.flash_attention import tpu_flash_attention
+from upgpt_jax.sharding import activation_sharding, make_mesh
+from upgpt_jax.config_base import DEFAULT_AXIS_RULES
+mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 1})
+keys = jax.random.split(jax.random.key(1), 3)
+q, k, v = (jax.random.normal(key, (4, 128, 2, 28)) for key in keys)
+with activation_sharding(mesh, DEFAULT_AXIS_RULES), pltpu.force_tpu_interpret_mode():
+    text = jax.jit(tpu_flash_attention).lower(q, k, v).as_text()
+    out = jax.jit(tpu_flash_attention)(q, k, v)
+assert "shard_map" in text or "manual" in text, "the kernel is not mapped over the shards"
+np.testing.assert_allclose(out, jax.nn.dot_product_attention(q, k, v), atol=2e-6)
+print("ok")
+"""
+
+
+def test_kernel_runs_on_each_shard_of_the_batch():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-c", SHARDED], env=env, cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
+def test_tpu_program_calls_the_kernel_and_moves_fewer_bytes():
+    """Compiled for v5e:2x2 (compile-only devices) with the batch split over 4 chips, the flash
+    path is the Mosaic kernel and moves a fraction of XLA's bytes (the scores stay on chip); the
+    same function compiled for this CPU is XLA's attention."""
+    pytest.importorskip("libtpu", reason="libtpu (the tpu extra) compiles for TPU topologies")
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from upgpt_jax.aot.programs import topology_devices
+    from upgpt_jax.config_base import DEFAULT_AXIS_RULES
+    from upgpt_jax.sharding import activation_sharding, make_mesh
+
+    mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, topology_devices("v5e:2x2"))
+    spec = jax.ShapeDtypeStruct((16, 768, 8, 28), jnp.bfloat16, sharding=NamedSharding(mesh, PartitionSpec("data")))
+
+    def compiled(implementation):
+        attention = lambda q, k, v: dot_product_attention(q, k, v, implementation)  # noqa: E731
+        loss = lambda q, k, v: jnp.sum(attention(q, k, v).astype(jnp.float32) ** 2)  # noqa: E731
+        with activation_sharding(mesh, DEFAULT_AXIS_RULES):
+            return jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(spec, spec, spec).compile()
+
+    flash, xla = compiled("flash"), compiled(None)
+    assert "tpu_custom_call" in flash.as_text() and "tpu_custom_call" not in xla.as_text()
+    bytes_of = lambda program: program.cost_analysis()["bytes accessed"]  # noqa: E731
+    assert bytes_of(flash) < 0.5 * bytes_of(xla)
+    cpu = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, "flash")).lower(*operands()).compile()
+    assert "custom_call" not in cpu.as_text()
