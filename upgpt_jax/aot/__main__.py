@@ -7,8 +7,9 @@ TPU topologies need libtpu (`pip install -e ".[tpu]"`), not a TPU: XLA compiles 
 devices of the named topology on this host. `--topology local` compiles for this process's own
 devices (a GPU, or CPU devices). Prints one markdown table row and one JSON line: chips, per-chip
 HBM (arguments, temporaries, total) against the chip's capacity and whether it fits, XLA's FLOPs and
-bytes per chip, the analytic model FLOPs, the roofline step time (an estimate, see
-`upgpt_jax.aot.report`), the img/s per chip and MFU it implies, the collectives the compiled
+bytes per chip, the HBM traffic of the scheduled program, the analytic model FLOPs, the roofline
+step time from XLA's bytes and from the HBM traffic (estimates, see `upgpt_jax.aot.report`), the
+img/s per chip and MFU they imply, the collectives the compiled
 program runs (kind, count, bytes, how many are async and overlap compute), and compile time.
 The global batch is `per_chip_batch` x chips; the mesh is the config's (`--config.mesh.fsdp=16`).
 """
@@ -34,11 +35,29 @@ _HLO_OUT = flags.DEFINE_string("hlo_out", None, "Write the compiled (optimized) 
 flags.mark_flags_as_required(["config"])
 
 HEADER = ("| what | topology | mesh | per-chip batch | HBM GiB (args / temp / total of cap) | fits | "
-          "XLA TFLOP/chip | XLA GB/chip | roofline s (bound) | img/s/chip | MFU | collectives | compile s |")
+          "XLA TFLOP/chip | XLA GB/chip | HBM traffic GB/chip | roofline s (bound), XLA bytes / HBM traffic | "
+          "img/s/chip | MFU | collectives | compile s |")
 
 
 def _fmt(value: float | None, pattern: str) -> str:
     return "-" if value is None else format(value, pattern)
+
+
+def _both(roof: dict[str, Any], render: Any) -> str:
+    """A roofline figure from XLA's bytes and from the HBM traffic (report.py), "a / b"."""
+    return " / ".join(render(estimate) if estimate else "-" for estimate in (roof, roof.get("hbm")))
+
+
+def _step(estimate: dict[str, Any]) -> str:
+    return f"{estimate['step_s']:.3f} ({estimate['bound']})"
+
+
+def _rate(estimate: dict[str, Any]) -> str:
+    return f"{estimate['img_per_s_per_chip']:.1f}"
+
+
+def _mfu(estimate: dict[str, Any]) -> str:
+    return f"{100 * estimate['mfu']:.1f}%"
 
 
 def table_row(result: dict[str, Any]) -> str:
@@ -51,8 +70,8 @@ def table_row(result: dict[str, Any]) -> str:
             f"{result['per_chip_batch']} | {memory['arguments']:.2f} / {memory['temporaries']:.2f} / "
             f"{memory['total']:.2f} of {_fmt(result['hbm_capacity_gib'], '.0f')} | {fits} | "
             f"{result['xla_flops'] / 1e12:.2f} | {result['xla_bytes'] / 1e9:.1f} | "
-            f"{_fmt(roof.get('step_s'), '.3f')} ({roof.get('bound', '-')}) | {_fmt(roof.get('img_per_s_per_chip'), '.1f')} | "
-            f"{_fmt(roof.get('mfu') and 100 * roof['mfu'], '.1f')}% | {collectives} | {result['compile_s']:.0f} |")
+            f"{sum(result['traffic_gb_by_part'].values()):.1f} | {_both(roof, _step)} | {_both(roof, _rate)} | "
+            f"{_both(roof, _mfu)} | {collectives} | {result['compile_s']:.0f} |")
 
 
 def run(config: Any, topology: str, what: str, per_chip_batch: int, num_slices: int = 1,

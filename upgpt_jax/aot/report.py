@@ -2,11 +2,19 @@
 
 XLA reports per-chip memory (`memory_analysis`) and per-chip FLOPs and bytes accessed
 (`cost_analysis`) of an SPMD program, but no usable time (its "optimal_seconds" is negative or
-absent for the train step). The time here is a roofline ESTIMATE: the larger of XLA's FLOPs over
-the chip's peak and XLA's bytes over its HBM bandwidth (`upgpt_jax.hardware`). It ignores
+absent for the train step). The time here is a roofline ESTIMATE: the larger of the FLOPs over
+the chip's peak and XLA's bytes over its HBM bandwidth (`upgpt_jax.hardware`). The FLOPs are XLA's
+count or the analytic model count, whichever is larger: XLA cannot see inside a Pallas kernel that
+gives no cost estimate (the flash-attention backward), and would count its work as free. It ignores
 collectives' own time (listed apart, with whether they overlap compute) and assumes every kernel
 runs at peak, so it is a bound to compare plans by, not a measurement. MFU uses the analytic model
 FLOPs (`upgpt_jax.flops`), not XLA's, so remat's recomputation does not count as useful work.
+
+XLA's "bytes accessed" also counts reads of arrays that memory-space assignment has already put in
+on-chip memory (and the copies that put them there). A second estimate, `hbm`, takes only the HBM
+traffic of the scheduled program (`hlo.traffic_by_part`: top-level instructions' operands and
+results outside on-chip memory, plus the HBM <-> on-chip copies): the bound if those on-chip reads
+cost nothing. The truth on a chip lies between the two.
 """
 from __future__ import annotations
 
@@ -34,19 +42,25 @@ def xla_cost(compiled: Any) -> tuple[float, float]:
     return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
 
 
-def roofline(flops: float, bytes_accessed: float, model_flops: float, examples: float, device_kind: str
-             ) -> dict[str, Any] | None:
-    """Per-chip roofline estimate of one call; None when the chip's figures are unknown (CPU)."""
+def roofline(flops: float, bytes_accessed: float, model_flops: float, examples: float, device_kind: str,
+             hbm_traffic: float | None = None) -> dict[str, Any] | None:
+    """Per-chip roofline estimate of one call; None when the chip's figures are unknown (CPU).
+    With `hbm_traffic` (bytes), `hbm` holds the same estimate with it in place of XLA's bytes."""
     chip = chip_for(device_kind)
     if chip is None:
         return None
-    compute_s, memory_s = flops / chip.peak_bf16_flops, bytes_accessed / chip.hbm_bytes_per_s
-    seconds = max(compute_s, memory_s)
+    compute_s = max(flops, model_flops) / chip.peak_bf16_flops
+
+    def estimate(moved: float) -> dict[str, Any]:
+        memory_s = moved / chip.hbm_bytes_per_s
+        seconds = max(compute_s, memory_s)
+        return dict(memory_s=memory_s, step_s=seconds, bound="compute" if compute_s >= memory_s else "memory",
+                    img_per_s_per_chip=examples / seconds if seconds else None,
+                    mfu=model_flops / seconds / chip.peak_bf16_flops if seconds else None)
+
     return dict(chip=chip.name, peak_tflops=chip.peak_bf16_flops / 1e12, hbm_gb_per_s=chip.hbm_bytes_per_s / 1e9,
-                hbm_gib=chip.hbm_bytes / GIB, compute_s=compute_s, memory_s=memory_s, step_s=seconds,
-                bound="compute" if compute_s >= memory_s else "memory",
-                img_per_s_per_chip=examples / seconds if seconds else None,
-                mfu=model_flops / seconds / chip.peak_bf16_flops if seconds else None)
+                hbm_gib=chip.hbm_bytes / GIB, compute_s=compute_s, **estimate(bytes_accessed),
+                hbm=estimate(hbm_traffic) if hbm_traffic is not None else None)
 
 
 def analyse(compiled: Any, *, chips: int, device_kind: str, global_batch: int, model_flops: float,
@@ -61,10 +75,13 @@ def analyse(compiled: Any, *, chips: int, device_kind: str, global_batch: int, m
         body_flops, body_bytes = xla_cost(loop_body)
         flops, bytes_accessed = flops + (loop_trips - 1) * body_flops, bytes_accessed + (loop_trips - 1) * body_bytes
     per_chip_model_flops = model_flops / chips
-    estimate = roofline(flops, bytes_accessed, per_chip_model_flops, global_batch / chips, device_kind)
+    parsed = parse_computations(compiled.as_text())
+    traffic = traffic_by_part(parsed)
+    # A loop body's traffic (the sampler's) is in the program once per trip: the parser counts trips.
+    estimate = roofline(flops, bytes_accessed, per_chip_model_flops, global_batch / chips, device_kind,
+                        hbm_traffic=sum(traffic.values()))
     chip = chip_for(device_kind)
     capacity = chip.hbm_bytes if chip else None
-    parsed = parse_computations(compiled.as_text())
     return dict(
         memory_gib={key: value / GIB for key, value in memory.items()},
         hbm_capacity_gib=capacity / GIB if capacity else None,
@@ -72,5 +89,5 @@ def analyse(compiled: Any, *, chips: int, device_kind: str, global_batch: int, m
         xla_flops=flops, xla_bytes=bytes_accessed, model_flops=per_chip_model_flops,
         roofline=estimate,
         collectives=summarize(collectives(parsed)),
-        traffic_gb_by_part={part: moved / 1e9 for part, moved in traffic_by_part(parsed).items()},
+        traffic_gb_by_part={part: moved / 1e9 for part, moved in traffic.items()},
     )
