@@ -200,6 +200,27 @@ def assert_vae_matches(params, model_config, first_stage: FirstStage) -> None:
     assert relative_error(ours, nhwc(decoded)) <= TOLERANCE
 
 
+def assert_diffusers_match(params, model_config, torch_unet, torch_vae) -> None:
+    """Our UNet and VAE on `params` against diffusers' UNet2DConditionModel and AutoencoderKL
+    (the inputs of the LDM checks above, so the jitted modules are shared)."""
+    sample, timesteps, context = unet_inputs(model_config)
+    generator = torch.Generator().manual_seed(2)
+    image = torch.randn(1, model_config.vae.in_channels, 16, 24, generator=generator)
+    latents = torch.randn(1, model_config.vae.z_channels, 4, 6, generator=generator)
+    with torch.no_grad():
+        expected_noise = torch_unet(sample, timesteps, encoder_hidden_states=context).sample
+        expected_mean = torch_vae.encode(image).latent_dist.mean
+        expected_image = torch_vae.decode(latents).sample
+    unet = UNet(**model_config.unet)
+    noise = apply(unet, None, params["unet"], nhwc(sample), timesteps.numpy(), context.numpy())
+    assert relative_error(noise, nhwc(expected_noise)) <= TOLERANCE
+    vae = AutoencoderKL(**model_config.vae)
+    posterior = apply(vae, AutoencoderKL.encode, params["vae"], nhwc(image))
+    assert relative_error(posterior.mean, nhwc(expected_mean)) <= TOLERANCE
+    decoded = apply(vae, AutoencoderKL.decode, params["vae"], nhwc(latents))
+    assert relative_error(decoded, nhwc(expected_image)) <= TOLERANCE
+
+
 def assert_pose_matches(params, model_config, pose: LinearProject) -> None:
     smpl = torch.randn(3, model_config.fusion.pose_dim, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():

@@ -21,20 +21,17 @@ from omegaconf import OmegaConf
 from ldm_fixtures import (
     CONFIG_FILE,
     CONFIG_OVERRIDES,
-    TOLERANCE,
     LatentDiffusionWeights,
-    apply,
+    assert_diffusers_match,
     assert_pose_matches,
     assert_unet_matches,
     assert_vae_matches,
     tiny_model_config,
 )
-from references import diffusers_unet, diffusers_vae, nhwc, randomize_weights, relative_error
+from references import diffusers_unet, diffusers_vae, randomize_weights
 from upgpt_jax.convert.__main__ import main
 from upgpt_jax.convert.diffusers_folders import ConfigMismatchError, load_diffusers_unet
 from upgpt_jax.convert.params_io import WeightFileError, load_params
-from upgpt_jax.models.unet import UNet
-from upgpt_jax.models.vae import AutoencoderKL
 
 OVERRIDES = [f"--config.model.{field}={value}" for field, value in CONFIG_OVERRIDES.items()]
 
@@ -198,25 +195,7 @@ def test_diffusers_folders_convert_to_matching_params(tmp_path, model_config):
     params, metadata = load_params(tmp_path / "out")
     assert set(params) == {"unet", "vae"} and len(metadata["sources"]) == 2
 
-    generator = torch.Generator().manual_seed(12)
-    sample = torch.randn(2, model_config.unet.in_channels, 8, 12, generator=generator)
-    context = torch.randn(2, 5, model_config.unet.context_dim, generator=generator)
-    timesteps = torch.tensor([10, 999])
-    image = torch.randn(1, 3, 16, 24, generator=generator)
-    with torch.no_grad():
-        expected_noise = nhwc(torch_unet(sample, timesteps, encoder_hidden_states=context).sample)
-        expected_image = nhwc(torch_vae(image, sample_posterior=False).sample)
-    noise = apply(
-        UNet(**model_config.unet),
-        None,
-        params["unet"],
-        nhwc(sample),
-        timesteps.numpy(),
-        context.numpy(),
-    )
-    assert relative_error(noise, expected_noise) <= TOLERANCE
-    reconstruction, _ = apply(AutoencoderKL(**model_config.vae), None, params["vae"], nhwc(image))
-    assert relative_error(reconstruction, expected_image) <= TOLERANCE
+    assert_diffusers_match(params, model_config, torch_unet, torch_vae)
 
 
 def test_diffusers_config_mismatch_lists_every_field(tmp_path, capsys, model_config):

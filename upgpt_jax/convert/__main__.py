@@ -1,4 +1,5 @@
-r"""Import released weights into a converted-params directory (see params_io).
+r"""Import released weights into a converted-params directory (see params_io), or with --export
+write our weights back in the original's layouts (see export_cli).
 
   python -m upgpt_jax.convert --format ldm --checkpoint upgpt.ckpt \
       --config configs/upgpt_256.py --out weights/upgpt_256 [--ema]
@@ -22,7 +23,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from upgpt_jax import storage
-from upgpt_jax.convert import diffusers_folders, ldm
+from upgpt_jax.convert import command_line, diffusers_folders, export_cli, ldm
 from upgpt_jax.convert.params_io import PARAMS_DIR, PARTS, count_params, save_params
 from upgpt_jax.convert.torch_params import WeightConversionError
 from upgpt_jax.convert.weight_files import WeightFileError, read_state_dict
@@ -82,17 +83,15 @@ def _define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Runs the import for command line `argv` (argv[0] is the program); returns the exit code."""
+    """Runs the import (or, with --export, the export) for command line `argv` (argv[0] is the
+    program); returns the exit code."""
+    if any(arg.split("=")[0] in ("--export", "-export") for arg in argv[1:]):
+        return export_cli.main(argv)
     values = flags.FlagValues()
     _define_flags(values, argv)
-    if any(arg in ("-h", "--help") for arg in argv[1:]):
-        print(__doc__ + "\n" + values.get_help())
-        return 0
-    try:
-        values(list(argv))
-    except flags.Error as error:
-        print(f"error: {error}\n(see --help)", file=sys.stderr)
-        return 2
+    stop = command_line.parse(values, argv, __doc__)
+    if stop is not None:
+        return stop
     try:
         params, metadata = (_import_ldm if values.format == "ldm" else _import_diffusers)(values)
     except (WeightConversionError, WeightFileError, diffusers_folders.ConfigMismatchError) as error:

@@ -84,15 +84,37 @@ def _per_block(value: Any, count: int) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value] * count
 
 
+def unet_folder_config(unet: Any) -> dict[str, Any]:
+    """The UNet2DConditionModel config.json fields that describe `config.model.unet`: what an
+    export writes, and what `unet_config_differences` requires of an imported folder."""
+    down = [
+        "CrossAttnDownBlock2D" if level in unet.attention_levels else "DownBlock2D"
+        for level in range(len(unet.channel_mult))
+    ]
+    return {
+        "_class_name": "UNet2DConditionModel",
+        "in_channels": unet.in_channels,
+        "out_channels": unet.out_channels,
+        "block_out_channels": [unet.channels * m for m in unet.channel_mult],
+        "down_block_types": down,
+        "up_block_types": [name.replace("Down", "Up") for name in reversed(down)],
+        "layers_per_block": unet.num_res_blocks,
+        # diffusers reads attention_head_dim as the number of heads when num_attention_heads is
+        # unset (SD1's configs); both spellings are accepted on import.
+        "attention_head_dim": unet.num_heads,
+        "transformer_layers_per_block": unet.transformer_depth,
+        "cross_attention_dim": unet.context_dim,
+        "norm_num_groups": unet.norm_groups,
+        "use_linear_projection": unet.use_linear_projection,
+        **{field: required for field, (required, _) in _UNET_FIXED.items()},
+    }
+
+
 def unet_config_differences(folder: Mapping[str, Any], unet: Any) -> list[str]:
     """'field: folder has X, our config needs Y' for each field of a UNet2DConditionModel config
     that does not describe `config.model.unet`."""
     levels = len(unet.channel_mult)
-    down = [
-        "CrossAttnDownBlock2D" if level in unet.attention_levels else "DownBlock2D"
-        for level in range(levels)
-    ]
-    up = [name.replace("Down", "Up") for name in reversed(down)]
+    needed = unet_folder_config(unet)
     heads = folder.get("num_attention_heads") or folder.get("attention_head_dim", 8)
     get = folder.get
     compared = {
@@ -100,13 +122,16 @@ def unet_config_differences(folder: Mapping[str, Any], unet: Any) -> list[str]:
         "out_channels": (get("out_channels", 4), unet.out_channels),
         "block_out_channels (channels * channel_mult)": (
             list(get("block_out_channels", (320, 640, 1280, 1280))),
-            [unet.channels * m for m in unet.channel_mult],
+            needed["block_out_channels"],
         ),
         "down_block_types (attention_levels)": (
             list(get("down_block_types", _UNET_DEFAULT_DOWN)),
-            down,
+            needed["down_block_types"],
         ),
-        "up_block_types (attention_levels)": (list(get("up_block_types", _UNET_DEFAULT_UP)), up),
+        "up_block_types (attention_levels)": (
+            list(get("up_block_types", _UNET_DEFAULT_UP)),
+            needed["up_block_types"],
+        ),
         "layers_per_block (num_res_blocks)": (
             _per_block(get("layers_per_block", 2), levels),
             [unet.num_res_blocks] * levels,
@@ -130,24 +155,43 @@ def unet_config_differences(folder: Mapping[str, Any], unet: Any) -> list[str]:
     return _differences(compared)
 
 
+def vae_folder_config(vae: Any, scaling_factor: float | None = None) -> dict[str, Any]:
+    """The AutoencoderKL config.json of `config.model.vae` (as `unet_folder_config`), with the
+    latent scale the diffusion model was trained with when given (diffusers pipelines read it)."""
+    levels = len(vae.channel_mult)
+    return {
+        "_class_name": "AutoencoderKL",
+        "in_channels": vae.in_channels,
+        "out_channels": vae.out_channels,
+        "block_out_channels": [vae.channels * m for m in vae.channel_mult],
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "up_block_types": ["UpDecoderBlock2D"] * levels,
+        "layers_per_block": vae.num_res_blocks,
+        "latent_channels": vae.z_channels,
+        "norm_num_groups": vae.norm_groups,
+        **({} if scaling_factor is None else {"scaling_factor": scaling_factor}),
+        **{field: required for field, (required, _) in _VAE_FIXED.items()},
+    }
+
+
 def vae_config_differences(folder: Mapping[str, Any], vae: Any) -> list[str]:
     """As `unet_config_differences`, for an AutoencoderKL config against `config.model.vae`."""
-    levels = len(vae.channel_mult)
+    needed = vae_folder_config(vae)
     get = folder.get
     compared = {
         "in_channels": (get("in_channels", 3), vae.in_channels),
         "out_channels": (get("out_channels", 3), vae.out_channels),
         "block_out_channels (channels * channel_mult)": (
             list(get("block_out_channels", (64,))),
-            [vae.channels * m for m in vae.channel_mult],
+            needed["block_out_channels"],
         ),
         "down_block_types": (
             list(get("down_block_types", ("DownEncoderBlock2D",))),
-            ["DownEncoderBlock2D"] * levels,
+            needed["down_block_types"],
         ),
         "up_block_types": (
             list(get("up_block_types", ("UpDecoderBlock2D",))),
-            ["UpDecoderBlock2D"] * levels,
+            needed["up_block_types"],
         ),
         "layers_per_block (num_res_blocks)": (get("layers_per_block", 1), vae.num_res_blocks),
         "latent_channels (z_channels)": (get("latent_channels", 4), vae.z_channels),

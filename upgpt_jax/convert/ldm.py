@@ -38,7 +38,8 @@ POSE_PREFIX = "extra_cond_models.1.model"
 # The pose projection's name in the diffusers-style dict (the generic rule -> fusion/pose_proj).
 POSE_MODULE = "pose_proj"
 SCALE_FACTOR_KEY = "scale_factor"  # LatentDiffusion's buffer (when scale_by_std is off).
-EMA_BOOKKEEPING = frozenset({f"{EMA_PREFIX}.decay", f"{EMA_PREFIX}.num_updates"})
+EMA_DECAY_KEY, EMA_UPDATES_KEY = f"{EMA_PREFIX}.decay", f"{EMA_PREFIX}.num_updates"  # LitEma's
+EMA_BOOKKEEPING = frozenset({EMA_DECAY_KEY, EMA_UPDATES_KEY})
 
 # Child-module renames inside one module, LDM name -> diffusers name. "" is the module itself.
 _LEAF = {"": ""}
@@ -124,6 +125,12 @@ class KeyMap:
         if squeeze and value.ndim == 4 and tuple(value.shape[2:]) == (1, 1):
             return value[:, :, 0, 0]
         return value
+
+    def to_ldm_value(self, diffusers_key: str, value: Any) -> Any:
+        """The inverse of `convert_value` (for exports): a Linear weight back to LDM's 1x1 conv."""
+        found = _split_key(diffusers_key, self._by_diffusers)
+        expand = found is not None and found[1].linear_from_conv and found[3] == "weight"
+        return value[:, :, None, None] if expand and value.ndim == 2 else value
 
 
 def _split_key(key: str, modules: Mapping[str, _Module]) -> tuple[str, _Module, str, str] | None:
