@@ -103,26 +103,24 @@ def test_guided_ddim_matches_ldm_ddim_sampler_with_classifier_free_guidance():
 
     torch_mask = nchw(np.array(mask))
     sampler = DDIMSampler(LatentDiffusionStandIn(weights.model.diffusion_model))
-    expected, _ = sampler.sample(
-        NUM_STEPS,
-        BATCH,
-        (4, *LATENT),
-        conditioning={"c_concat": [torch_mask], "c_crossattn": [context(False)]},
-        eta=0.0,
-        x_T=nchw(np.array(x_T)),
+
+    def ldm_sample(**guidance) -> torch.Tensor:
+        samples, _ = sampler.sample(
+            NUM_STEPS,
+            BATCH,
+            (4, *LATENT),
+            conditioning={"c_concat": [torch_mask], "c_crossattn": [context(False)]},
+            eta=0.0,
+            x_T=nchw(np.array(x_T)),
+            verbose=False,
+            **guidance,
+        )
+        return samples
+
+    expected = ldm_sample(
         unconditional_guidance_scale=GUIDANCE_SCALE,
         unconditional_conditioning={"c_concat": [torch_mask], "c_crossattn": [context(True)]},
-        verbose=False,
     )
     assert relative_error(ours, nhwc(expected)) <= TOLERANCE
     # The guidance matters here: unguided sampling ends elsewhere.
-    unguided, _ = sampler.sample(
-        NUM_STEPS,
-        BATCH,
-        (4, *LATENT),
-        conditioning={"c_concat": [torch_mask], "c_crossattn": [context(False)]},
-        eta=0.0,
-        x_T=nchw(np.array(x_T)),
-        verbose=False,
-    )
-    assert relative_error(unguided, expected) > 100 * TOLERANCE
+    assert relative_error(ldm_sample(), expected) > 100 * TOLERANCE
