@@ -9,6 +9,7 @@ workdir (conftest's checkpointed_run) exports its EMA or raw weights.
 from __future__ import annotations
 
 import copy
+import io
 
 import jax
 import numpy as np
@@ -25,6 +26,8 @@ from ldm_fixtures import (
     tiny_model_config,
 )
 from test_convert_cli import convert, lightning_checkpoint
+from test_object_storage import BUCKET, gcs, gcs_emulator  # noqa: F401 (fixtures)
+from upgpt_jax import storage
 from upgpt_jax.convert import ldm as convert_ldm
 from upgpt_jax.convert.__main__ import main
 from upgpt_jax.convert.diffusers_folders import load_diffusers_unet, load_diffusers_vae
@@ -134,6 +137,25 @@ def test_workdir_exports_its_ema_or_raw_weights(tmp_path, checkpointed_run):
     vae, _ = load_diffusers_vae(folders / "vae", config.model)
     jax.tree.map(np.testing.assert_array_equal, unet, ema["unet"])
     jax.tree.map(np.testing.assert_array_equal, vae, ema["vae"])
+
+
+def test_exports_to_a_bucket(tmp_path, imported, gcs):
+    """gs:// outputs (a local GCS emulator) hold what a local export writes."""
+    _, _, params_dir = imported
+    for layout, name in (("ldm", "upgpt.ckpt"), ("diffusers", "diffusers")):
+        for out in (tmp_path / name, f"{BUCKET}/{name}"):
+            assert export(f"--export={layout}", f"--params={params_dir}", f"--out={out}") == 0
+    assert export("--export=ldm", f"--params={params_dir}", f"--out={BUCKET}/upgpt.ckpt") == 2
+    remote = storage.path(f"{BUCKET}/upgpt.ckpt").read_bytes()
+    local = torch.load(tmp_path / "upgpt.ckpt", weights_only=True)["state_dict"]
+    remote = torch.load(io.BytesIO(remote), weights_only=True)["state_dict"]
+    assert set(remote) == set(local)
+    for key, value in remote.items():
+        torch.testing.assert_close(value, local[key], rtol=0, atol=0, msg=key)
+    for part in ("unet", "vae"):
+        for file in ("config.json", "diffusion_pytorch_model.safetensors"):
+            remote = storage.path(f"{BUCKET}/diffusers/{part}/{file}").read_bytes()
+            assert remote == (tmp_path / "diffusers" / part / file).read_bytes()
 
 
 def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys, imported):
