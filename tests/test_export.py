@@ -114,7 +114,7 @@ def test_workdir_exports_its_ema_or_raw_weights(tmp_path, checkpointed_run):
     ema = jax.device_get(restore_params(checkpointed_run, config, step, "ema"))
     out = tmp_path / "run.ckpt"
     assert export(
-        "--export=ldm", f"--workdir={checkpointed_run}", "--weights=raw", "--ema", f"--out={out}"
+        "--export=ldm", f"--workdir={checkpointed_run}", "--weights=params", "--ema", f"--out={out}"
     ) == 0  # fmt: skip
     state_dict = read_state_dict(out)
     assert float(state_dict[convert_ldm.EMA_DECAY_KEY]) == pytest.approx(config.train.ema_decay)

@@ -6,9 +6,9 @@ r"""Export our weights to the original's PyTorch layouts (the inverse of the imp
 
 --params is a converted-params directory (its metadata.json holds the model config); --workdir a
 diffusion-stage training run (its checkpoint holds the config), read at --step (default: the
-newest) with its EMA or raw weights (--weights). --ema (ldm) also writes LitEma's model_ema.*
-buffers: the run's EMA weights, or a params directory's one UNet. diffusers export writes
-OUT/unet and OUT/vae. --out may be local or gs://.
+newest) with its EMA or raw weights (--weights ema|params). --ema (ldm) also writes LitEma's
+model_ema.* buffers: the run's EMA weights, or a params directory's one UNet. diffusers export
+writes OUT/unet and OUT/vae. --out may be local or gs://.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from upgpt_jax.convert.params_io import load_params
 from upgpt_jax.convert.weight_files import WeightFileError
 
 FORMATS = ("ldm", "diffusers")
-# --weights: the names used here -> the train state's (pipeline.loading.WEIGHTS).
-RUN_WEIGHTS = {"ema": "ema", "raw": "params"}
+# --weights of a run, named as sample.py names them (pipeline.loading.WEIGHTS; "params": raw).
+RUN_WEIGHTS = ("ema", "params")
 
 
 @dataclasses.dataclass
@@ -56,7 +56,7 @@ def from_params_dir(directory: str, ema: bool) -> ExportSource:
 
 
 def from_workdir(workdir: str, step: int | None, weights: str, ema: bool) -> ExportSource:
-    """A diffusion-stage training run at `step`: its `weights` ("ema" or "raw") and, with `ema`,
+    """A diffusion-stage training run at `step`: its `weights` ("ema" or "params") and, with `ema`,
     its EMA UNet with the run's decay and step count."""
     import jax
 
@@ -67,7 +67,7 @@ def from_workdir(workdir: str, step: int | None, weights: str, ema: bool) -> Exp
         raise WeightFileError(
             f"{workdir} is a {config.train.stage!r}-stage run; export a diffusion-stage run"
         )
-    params = jax.device_get(restore_params(workdir, config, step, RUN_WEIGHTS[weights]))
+    params = jax.device_get(restore_params(workdir, config, step, weights))
     ema_unet = None
     if ema:
         ema_params = params if weights == "ema" else restore_params(workdir, config, step, "ema")
@@ -81,7 +81,7 @@ def _define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_string("params", None, "Converted-params directory to export.", **define)
     flags.DEFINE_string("workdir", None, "Training run to export (instead of --params).", **define)
     flags.DEFINE_integer("step", None, "--workdir: checkpoint step (default: newest).", **define)
-    flags.DEFINE_enum("weights", "ema", list(RUN_WEIGHTS), "--workdir: which weights.", **define)
+    flags.DEFINE_enum("weights", "ema", list(RUN_WEIGHTS), "--workdir: EMA or raw.", **define)
     flags.DEFINE_bool("ema", False, "ldm: also write LitEma's model_ema.* buffers.", **define)
     flags.DEFINE_string("out", None, "ldm: checkpoint file; diffusers: folder.", **define)
     for name in ("export", "out"):
