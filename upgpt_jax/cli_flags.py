@@ -31,25 +31,41 @@ def define_model_flags() -> None:
     flags.DEFINE_string("params", None, "Converted weights (python -m upgpt_jax.convert --out DIR).")
 
 
-def define_sampler_flags() -> None:
-    """Overrides of the run's config.sampling: --method, --num_steps, --eta, --guidance, --batch_size."""
-    flags.DEFINE_enum("method", None, ["ddim", "ddpm", "dpmpp_2m"], "Sampler (default: config.sampling).")
-    flags.DEFINE_integer("num_steps", None, "Sampler steps.")
-    flags.DEFINE_float("eta", None, "DDIM eta.")
-    flags.DEFINE_string("guidance", None, "Guidance scales, e.g. 'pose=1,style=2,text=3' (1 = none).")
-    flags.DEFINE_integer("batch_size", None, "Samples per batch (default: config.sampling.batch_size).")
+# Named sampler settings (--preset), which the other sampler flags override. "released" is how the
+# original code sampled (UPGPT's ldm/models/diffusion/ddpm.py log_images: DDIMSampler, 200 steps,
+# eta 1, EMA weights, no guidance); without a preset, the config's `sampling` section applies (by
+# default the fast one: 50 deterministic DDIM steps).
+SAMPLER_PRESETS: dict[str, dict[str, Any]] = {
+    "released": dict(method="ddim", num_steps=200, eta=1.0, guidance=dict(pose=1.0, style=1.0, text=1.0)),
+}
 
 
-def sampler_overrides() -> dict[str, Any]:
-    """The sampler flags that were given, as `SamplingSettings` fields (batch_size apart)."""
-    values: dict[str, Any] = {"method": flags.FLAGS.method, "num_steps": flags.FLAGS.num_steps,
-                              "eta": flags.FLAGS.eta}
-    if flags.FLAGS.guidance:
+def define_sampler_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Overrides of the run's config.sampling: --preset, --method, --num_steps, --eta, --guidance,
+    --batch_size (`flag_values`: the global flags, or a fresh set in tests)."""
+    define = dict(flag_values=flag_values)
+    flags.DEFINE_enum("preset", None, list(SAMPLER_PRESETS),
+                      "Named sampler settings; 'released': the original's DDIM, 200 steps, eta 1, no guidance.",
+                      **define)
+    flags.DEFINE_enum("method", None, ["ddim", "ddpm", "dpmpp_2m"], "Sampler (default: config.sampling).", **define)
+    flags.DEFINE_integer("num_steps", None, "Sampler steps.", **define)
+    flags.DEFINE_float("eta", None, "DDIM eta.", **define)
+    flags.DEFINE_string("guidance", None, "Guidance scales, e.g. 'pose=1,style=2,text=3' (1 = none).", **define)
+    flags.DEFINE_integer("batch_size", None, "Samples per batch (default: config.sampling.batch_size).", **define)
+
+
+def sampler_overrides(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
+    """The sampler flags that were given, over the --preset's settings, as `SamplingSettings`
+    fields (batch_size apart)."""
+    values: dict[str, Any] = dict(SAMPLER_PRESETS.get(flag_values.preset, {}))
+    values.update({name: flag_values[name].value for name in ("method", "num_steps", "eta")
+                   if flag_values[name].value is not None})
+    if flag_values.guidance:
         try:
-            values["guidance"] = parse_guidance(flags.FLAGS.guidance)
+            values["guidance"] = parse_guidance(flag_values.guidance)
         except ValueError as error:
             raise app.UsageError(str(error)) from None
-    return {key: value for key, value in values.items() if value is not None}
+    return values
 
 
 def check_model_flags() -> None:
