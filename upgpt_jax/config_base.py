@@ -115,6 +115,9 @@ def released_config() -> ml_collections.ConfigDict:
         context_dim=768,
         learned_layers=2,
         learned_heads=8,
+        # What an absent style part is: "null", the learned null_style token (models trained here);
+        # "black_crop", the CLIP embedding of a black crop, as the original (released_weights).
+        missing_style="null",
     ))
     c.model.style_parts = STYLE_PARTS
 
@@ -198,7 +201,9 @@ def released_config() -> ml_collections.ConfigDict:
         # A folder written by `python -m upgpt_jax.train.precompute`: the diffusion stage then reads
         # VAE moments and CLIP embeddings instead of running the frozen encoders at every step.
         features_dir="",
-        original_mask_quirk=False,  # True for fine-tuning the released weights (see data.transforms).
+        # True: person masks are -1 outside and -0.99216 inside, the released weights' values (see
+        # data.transforms and released_weights); False: +1 inside (models trained here).
+        original_mask_quirk=False,
     ))
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -208,6 +213,24 @@ def released_config() -> ml_collections.ConfigDict:
     c.axis_rules = DEFAULT_AXIS_RULES
     c.seed = 0
     return c
+
+
+def released_weights(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` set to feed the released (converted) weights what the original fed them, for
+    sampling and for fine-tuning from them (configs/upgpt_256.py, upgpt_512.py); returns it.
+
+    - Person masks -1 outside and -0.99216 inside (`data.original_mask_quirk`): the original read
+      0/1 palette PNGs through ToTensor (/255) and x * 2 - 1 and kept that "bug" for its trained
+      model (upstream ldm/data/deepfashion_inshop.py:142-146, 228-239, 331-342; app.py:83-87;
+      ldm/data/generate_utils.py:117), so +1 inside is an input the released UNet never saw.
+    - An absent style part is CLIP of the normalised black crop (`model.fusion.missing_style`
+      "black_crop"; deepfashion_inshop.py:214, app.py:153, generate_utils.py:96-97), not the fusion's
+      `null_style`, which converted weights only have as a random init.
+    Models trained here keep the defaults (+1 inside, learned nulls), which guidance needs.
+    """
+    config.data.original_mask_quirk = True
+    config.model.fusion.missing_style = "black_crop"
+    return config
 
 
 def pod_config(topology: str, chips: int, per_chip_batch: int, fsdp: int = 1, remat: bool = False

@@ -12,6 +12,16 @@ The UNet cross-attends to `context = [text tokens | one token per style part | p
 Each modality has a learned null embedding. Training replaces a modality by its null with some
 probability (condition dropout) so that sampling can use classifier-free guidance per modality;
 the `drop_*` masks choose, per example, which modalities are replaced.
+
+A style part a person lacks (`style_present` False) is, by `missing_style`:
+- "null": that part's learned `null_style` token (models trained here);
+- "black_crop": the style input as given, which is the CLIP embedding of the black crop that every
+  record (data.schema) and every sampling request (pipeline.sampler) holds for an absent part. That
+  is what the original fed its model: `clip_norm(torch.zeros(3, 224, 224))` through the CLIP image
+  encoder (upstream ldm/data/deepfashion_inshop.py:214, app.py:153, ldm/data/generate_utils.py:96-97),
+  so the released weights never saw `null_style`, which for converted weights is a random init.
+Either way `drop_style` (dropout, guidance's unconditional branch) uses the learned `null_style`: the
+released code built no unconditional context (its DDIMSampler ran with unconditional_conditioning=None).
 """
 from __future__ import annotations
 
@@ -22,6 +32,7 @@ import jax.numpy as jnp
 from upgpt_jax.models.layers import Dtype, layer_norm, multi_head_attention, partitioned_dense
 
 _NULL_INIT = nn.initializers.normal(stddev=0.02)
+MISSING_STYLE = ("null", "black_crop")
 
 
 class ConditionStandardizer(nn.Module):
@@ -89,6 +100,7 @@ class MultimodalFusion(nn.Module):
     context_dim: int = 768
     learned_layers: int = 2
     learned_heads: int = 8
+    missing_style: str = "null"  # "null" or "black_crop": what an absent style part is (module docstring)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -111,17 +123,20 @@ class MultimodalFusion(nn.Module):
 
         text: (B, T, text_dim) CLIP token states; style: (B, num_parts, style_dim) per-part CLIP
         embeddings; pose: (B, pose_dim) SMPL numbers. `style_present` (B, num_parts) marks parts
-        that exist; absent parts get that part's null token. `drop_*` (B,) bool replace a whole
+        that exist; with `missing_style` "null" absent parts get that part's null token (with
+        "black_crop" their input rows, the black crop's embedding, are kept). `drop_*` (B,) bool replace a whole
         modality by its null embedding (condition dropout, and the unconditional branch of
         classifier-free guidance).
         """
         if self.mode not in ("concat", "learned"):
             raise ValueError(f"model.fusion.mode must be 'concat' or 'learned', got {self.mode!r}")
+        if self.missing_style not in MISSING_STYLE:
+            raise ValueError(f"model.fusion.missing_style must be one of {MISSING_STYLE}, got {self.missing_style!r}")
         self._check_shapes(text, style, pose)
         precision = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
         null_style = self._null("null_style", (self.num_parts, self.style_dim), ("tokens", "embed"))
-        if style_present is not None:
+        if style_present is not None and self.missing_style == "null":
             style = jnp.where(jnp.asarray(style_present, bool)[..., None], style,
                               null_style.astype(style.dtype)[None])
         text = _select(drop_text, self._null("null_text", text.shape[1:], ("tokens", "embed")), text)
