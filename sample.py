@@ -3,6 +3,7 @@
   python sample.py --workdir workdirs/synthetic_tiny --task generate --out samples/
   python sample.py --workdir DIR --task pose_transfer --example 3 --out OUT
   python sample.py --workdir DIR --task edit --example 3 --edit "top=text:red striped top" --out OUT
+      (with --edit "content=a woman in a red striped top" the edited sample's content text too)
   python sample.py --workdir DIR --task interpolate --start_smpl a.p --end_smpl b.p --frames 16 --out OUT
   python sample.py --workdir DIR --requests jobs.jsonl --out OUT        # one JSON request per line
   python sample.py --params weights/upgpt_256 --config configs/upgpt_256.py --task ... --out OUT
@@ -32,11 +33,13 @@ flags.DEFINE_integer("num", None, "generate/pose_transfer: number of samples.")
 flags.DEFINE_integer("example", None, "Dataset test example whose conditions to use.")
 flags.DEFINE_string("text", None, "Content text.")
 flags.DEFINE_string("smpl", None, "SMPL: FrankMocap .p/.pkl, .npz, .npy, .json, or example:K[:source].")
-flags.DEFINE_string("mask", None, "Person mask image (default: rendered from the SMPL).")
+flags.DEFINE_string("mask", None, "Person mask image (default: a FrankMocap file's own mesh, else rendered "
+                    "from the SMPL vector).")
 flags.DEFINE_string("style_folder", None, "Style crops <part>.jpg in the original layout.")
 flags.DEFINE_multi_string("style", [], "part=crop.jpg | part=text:words | part=example:K (generate).")
 flags.DEFINE_string("target_smpl", None, "pose_transfer: the target pose (default: the example's).")
-flags.DEFINE_multi_string("edit", [], "edit: part=text:words | part=crop.jpg | part=example:K.")
+flags.DEFINE_multi_string("edit", [], "edit: part=text:words | part=crop.jpg | part=example:K | content=words "
+                          "(the edited sample's content text; a part's text edit leaves it as it is).")
 flags.DEFINE_string("start_smpl", None, "interpolate: first pose.")
 flags.DEFINE_string("end_smpl", None, "interpolate: last pose.")
 flags.DEFINE_integer("frames", None, "interpolate: number of frames.")

@@ -7,7 +7,9 @@ torchvision's transforms written out in torch (ToTensor: HWC uint8 -> CHW / 255;
 - an absent style part: `clip_norm(torch.zeros(3, 224, 224))` through the image encoder
   (upstream ldm/data/deepfashion_inshop.py:128-129, 214; app.py:75-76, 153; generate_utils.py:96-97);
 - person masks: 0/1 palette PNGs through Resize(latent, NEAREST), ToTensor, x * 2 - 1 (app.py:83-87;
-  deepfashion_inshop.py:142-146, 235-239), i.e. -1 outside and 2/255 - 1 inside.
+  deepfashion_inshop.py:142-146, 235-239), i.e. -1 outside and 2/255 - 1 inside;
+- a text edit: the style text's CLIP text features in that part's slot (InferenceModel.mix_style,
+  generate_utils.py:172-190), the content text's CLIP last hidden states as typed (app.py:262-268).
 """
 import numpy as np
 import pytest
@@ -18,9 +20,9 @@ from transformers import CLIPModel
 from upgpt_jax.config_base import STYLE_PARTS, pod_config, released_weights
 from upgpt_jax.models.clip import clip_config, clip_from_config
 from upgpt_jax.models.upgpt import build_model
-from upgpt_jax.pipeline import LoadedModel, Person
+from upgpt_jax.pipeline import ConditionError, LoadedModel, Person, TaskContext, plan
 from upgpt_jax.pipeline.sampler import condition_embeddings, encode_conditions
-from upgpt_jax.tokenizer import load_clip_tokenizer
+from upgpt_jax.tokenizer import load_clip_tokenizer, tokenize
 
 # The original's CLIP normalisation constants (deepfashion_inshop.py:128-129), written out here.
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
@@ -146,3 +148,41 @@ def test_released_person_mask_values_are_the_originals(setups):
     for setup, reference in (("released", original), ("trained", fixed)):
         ours = encode_conditions(setups[setup], [person])["person_mask"][0, ..., 0]
         np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-7)
+
+
+def test_text_edit_is_the_apps_mix_style_with_its_own_content_text(setups, torch_clip, tmp_path):
+    loaded = setups["released"]
+    size = int(loaded.config.model.clip.image_size)
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for part in ("top", "hair"):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{part}.jpg")
+    mask_file = tmp_path / "mask.png"
+    Image.fromarray(_person(tuple(loaded.config.model.image_size), size).mask.astype(np.uint8) * 255).save(mask_file)
+    old, new = "a woman in a blue striped top", "a woman in a red striped shirt"
+    request = {"task": "edit", "style_folder": str(folder), "text": old, "smpl": [0.1] * 85, "mask": str(mask_file),
+               "edits": ["top=text:red striped shirt", f"content={new}"]}
+    unedited, edited = plan(TaskContext(loaded.config), request).people
+    assert (unedited.text, edited.text) == (old, new)
+    context = _context(loaded, [unedited, edited])
+
+    ids = tokenize(loaded.tokenizer, [old, new, "red striped shirt"])
+    with torch.no_grad():
+        states = torch_clip.text_model(input_ids=torch.tensor(ids[:2], dtype=torch.long)).last_hidden_state.numpy()
+        top_text = torch_clip.get_text_features(input_ids=torch.tensor(ids[2:], dtype=torch.long))[0].numpy()
+    hair = _image_features(torch_clip, (_to_tensor(np.asarray(Image.open(folder / "hair.jpg"))) - MEAN) / STD)
+    length = int(loaded.config.model.clip.max_length)
+    assert _rel_err(context[:, :length], states) <= TOLERANCE
+    rows = _style_rows(context, loaded)
+    assert _rel_err(rows[1, STYLE_PARTS.index("top")], top_text) <= TOLERANCE
+    assert _rel_err(rows[:, STYLE_PARTS.index("hair")], np.stack([hair, hair])) <= TOLERANCE
+    assert _rel_err(rows[1, STYLE_PARTS.index("top")], rows[0, STYLE_PARTS.index("top")]) > 0.1
+
+    # Without content=, the edited sample keeps the person's content text, as the app does.
+    request["edits"] = ["top=text:red striped shirt"]
+    assert plan(TaskContext(loaded.config), request).people[1].text == old
+    for edits, message in ((["top=text:"], "no words after 'text:'"), (["content="], "content text once"),
+                           ([f"content={new}", "content=x"], "content text once")):
+        with pytest.raises(ConditionError, match=message):
+            plan(TaskContext(loaded.config), {**request, "edits": edits})

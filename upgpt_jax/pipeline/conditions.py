@@ -22,7 +22,7 @@ from PIL import Image
 
 from upgpt_jax.config_base import STYLE_PARTS
 from upgpt_jax.data.records import BadExampleError, load_style_folder, open_mask, open_rgb
-from upgpt_jax.smpl.frankmocap import load_smpl_vector
+from upgpt_jax.smpl.frankmocap import load_frankmocap_pickle, load_smpl_vector
 from upgpt_jax.smpl.layout import SMPL_DIM
 
 
@@ -116,7 +116,7 @@ def read_smpl(spec: Any, source: str = "smpl") -> np.ndarray:
         if not path.is_file():
             raise ConditionError(f"{source}: SMPL file {path} does not exist")
         try:
-            if path.suffix in (".p", ".pkl", ".pickle"):
+            if path.suffix in _PICKLE_SUFFIXES:
                 vector = load_smpl_vector(path)
             elif path.suffix == ".npz":
                 with np.load(path, allow_pickle=False) as archive:
@@ -148,6 +148,36 @@ def read_smpl(spec: Any, source: str = "smpl") -> np.ndarray:
     return vector
 
 
+_PICKLE_SUFFIXES = (".p", ".pkl", ".pickle")
+
+
+def read_smpl_mesh(spec: Any, source: str = "smpl") -> tuple[np.ndarray, np.ndarray] | None:
+    """(pred_vertices_img (V, 2 or 3) pixels, faces (F, 3)) of a FrankMocap pickle (restricted
+    unpickler) or of the .npz `python -m upgpt_jax.smpl to-npz` wrote from one; None for any other
+    SMPL spec or a file without them. Read after `read_smpl` accepted `spec`."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return None
+    path = pathlib.Path(spec)
+    try:
+        if path.suffix in _PICKLE_SUFFIXES:
+            arrays = load_frankmocap_pickle(path)
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in ("pred_vertices_img", "faces") if key in archive}
+        else:
+            return None
+    except (OSError, ValueError, pickle.UnpicklingError) as error:
+        raise ConditionError(f"{source}: cannot read SMPL from {path} ({error})") from None
+    if "pred_vertices_img" not in arrays or "faces" not in arrays:
+        return None
+    vertices, faces = np.asarray(arrays["pred_vertices_img"]), np.asarray(arrays["faces"])
+    if (vertices.ndim != 2 or vertices.shape[1] not in (2, 3) or not np.issubdtype(vertices.dtype, np.number)
+            or faces.ndim != 2 or faces.shape[1] != 3 or not np.issubdtype(faces.dtype, np.integer)):
+        raise ConditionError(f"{source}: {path}: pred_vertices_img must be (V, 3) numbers and faces (F, 3) "
+                             f"integers, got {vertices.shape} {vertices.dtype} and {faces.shape} {faces.dtype}")
+    return vertices, faces
+
+
 def parse_style_assignments(items: Sequence[str], style_size: int, source: str = "style") -> tuple[
         dict[str, np.ndarray], dict[str, str]]:
     """`part=path/to/crop.jpg` (a style image) or `part=text:red striped shirt` (a style text)."""
@@ -159,6 +189,8 @@ def parse_style_assignments(items: Sequence[str], style_size: int, source: str =
         part = check_part(part.strip(), source)
         if value.startswith("text:"):
             texts[part] = value[len("text:"):].strip()
+            if not texts[part]:  # the original's app reads an empty style text as "no text" (mix_style)
+                raise ConditionError(f"{source}: {item!r} gives no words after 'text:'")
         else:
             images[part] = read_image(value, (style_size, style_size))
     return images, texts

@@ -9,11 +9,20 @@ given comes from the run's dataset (test split: identities unseen in training):
   (file, 85 numbers, or "example:K" / "example:K:source") and target mask; the ground truth is
   shown beside the samples when the target is a dataset example.
 - edit: the person of example K (or style_folder + text + smpl), `edits` ["top=text:red striped
-  shirt", "top=other_top.jpg", "top=example:K"]: those parts change, the rest is kept; the
-  unedited sample with the same seed is produced beside it.
+  shirt", "top=other_top.jpg", "top=example:K", "content=a woman in a red striped shirt"]: those
+  parts change, the rest is kept; the unedited sample with the same seed is produced beside it.
+  As in the original's app, a text edit puts the style text's CLIP text features in that part's
+  style slot and leaves the content text alone (app.py:262-268, InferenceModel.mix_style in
+  ldm/data/generate_utils.py:172-190): the app's content text is a box of its own, which
+  `content=words` is for the edited sample (else it keeps the person's text, whatever it says).
 - interpolate: start_smpl/end_smpl (default: example K's source and target poses), frames N,
   interpolation "linear" (the original) or "slerp"; every frame uses the same noise and its own
   rendered person mask.
+
+Person masks (samples.json `mask`): the request's `mask` file ("file"); else, for a FrankMocap
+pickle (or its to-npz .npz), its own projected mesh ("frankmocap_vertices"); else the SMPL
+vector's silhouette through smplx with SMPL model files ("smplx") or the mannequin's ("mannequin");
+dataset examples bring theirs ("dataset").
 """
 from __future__ import annotations
 
@@ -24,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from upgpt_jax.pipeline.conditions import (
-    ConditionError, Person, check_part, parse_style_assignments, read_mask, read_smpl, read_style_folder)
-from upgpt_jax.pipeline.sources import DatasetExamples, silhouette
+    ConditionError, Person, check_part, parse_style_assignments, read_mask, read_smpl, read_smpl_mesh, read_style_folder)
+from upgpt_jax.pipeline.sources import DatasetExamples, mesh_mask, silhouette, silhouette_kind
 from upgpt_jax.smpl.interpolate import METHODS, interpolate_smpl
 
 TASKS = ("generate", "pose_transfer", "edit", "interpolate")
@@ -36,6 +45,7 @@ _KEYS = {
     "interpolate": {"example", "style_folder", "text", "start_smpl", "end_smpl", "frames", "interpolation", "seed"},
 }
 _COMMON = {"task", "name"}
+CONTENT_EDIT = "content"  # edit: "content=words" replaces the edited sample's content text
 
 
 @dataclasses.dataclass
@@ -79,6 +89,19 @@ class TaskContext:
             return read_mask(request["mask"], self.image_size)
         return silhouette(smpl, self.image_size, mannequin, self.smpl_model_dir)
 
+    def pose(self, spec: Any, request: Mapping[str, Any], mannequin: int | None, source: str
+             ) -> tuple[np.ndarray, np.ndarray, str]:
+        """(SMPL vector, person mask, how the mask was made) of an SMPL spec: the request's `mask`
+        file, else the mesh of a FrankMocap file (its fit to the photo, far closer to the
+        original's masks than any silhouette of the 85 numbers), else `mask()`'s silhouette."""
+        smpl = self.smpl(spec, source)
+        if request.get("mask"):
+            return smpl, read_mask(request["mask"], self.image_size), "file"
+        mesh = None if isinstance(spec, str) and spec.startswith("example:") else read_smpl_mesh(spec, source)
+        if mesh is not None:
+            return smpl, mesh_mask(*mesh, self.image_size, f"{source}: {spec}"), "frankmocap_vertices"
+        return smpl, self.mask({}, smpl, mannequin), silhouette_kind(self.smpl_model_dir)
+
     def styles(self, assignments: list[str], source: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Parsed style assignments; "part=example:K" takes part K's crop of a dataset example."""
         own, borrowed = [], {}
@@ -102,11 +125,12 @@ class TaskContext:
         if request.get("style_folder"):
             if not request.get("text"):
                 raise ConditionError(f"{source}: a style_folder needs a content 'text' too")
-            smpl = self.smpl(request.get("smpl") or request.get("source_smpl") or _required(request, "smpl", source),
-                             source)
-            person = Person(text=str(request["text"]), smpl=smpl, mask=self.mask(request, smpl, None),
+            smpl, mask, mask_kind = self.pose(
+                request.get("smpl") or request.get("source_smpl") or _required(request, "smpl", source),
+                request, None, source)
+            person = Person(text=str(request["text"]), smpl=smpl, mask=mask,
                             style_images=read_style_folder(request["style_folder"], self.style_size),
-                            origin=dict(source=source, style_folder=str(request["style_folder"])))
+                            origin=dict(source=source, style_folder=str(request["style_folder"]), mask=mask_kind))
             return person, None
         index = int(request.get("example", default_example))
         person = self.examples.person(index)
@@ -138,12 +162,12 @@ def _generate(context: TaskContext, request: dict, name: str, seed: int) -> Job:
     num = int(request.get("num", 4))
     explicit = any(request.get(key) for key in ("text", "smpl", "styles", "style_folder"))
     if explicit:
-        smpl = context.smpl(_required(request, "smpl", name), name)
+        smpl, mask, mask_kind = context.pose(_required(request, "smpl", name), request, None, name)
         images, texts = context.styles(list(request.get("styles", [])), name)
         if request.get("style_folder"):
             images = {**read_style_folder(request["style_folder"], context.style_size), **images}
-        person = Person(text=str(_required(request, "text", name)), smpl=smpl, mask=context.mask(request, smpl, None),
-                        style_images=images, style_texts=texts, origin=dict(source=name))
+        person = Person(text=str(_required(request, "text", name)), smpl=smpl, mask=mask,
+                        style_images=images, style_texts=texts, origin=dict(source=name, mask=mask_kind))
         return Job(name, "generate", [person] * num, [seed + i for i in range(num)], [f"seed {seed + i}" for i in range(num)])
     # From the dataset: example K's text, pose and mask, no style (text + pose generation).
     start = int(request.get("example", 0))
@@ -156,8 +180,8 @@ def _pose_transfer(context: TaskContext, request: dict, name: str, seed: int) ->
     num = int(request.get("num", 1))
     source, example = context.appearance(request, name)
     if request.get("target_smpl"):
-        target = context.smpl(request["target_smpl"], name)
-        person = dataclasses.replace(source, smpl=target, mask=context.mask(request, target, _mannequin(context, example)))
+        target, mask, mask_kind = context.pose(request["target_smpl"], request, _mannequin(context, example), name)
+        person = dataclasses.replace(source, smpl=target, mask=mask, origin={**source.origin, "mask": mask_kind})
         references = {}
     else:  # the pair's own target: ground truth known
         if example is None:
@@ -173,8 +197,13 @@ def _pose_transfer(context: TaskContext, request: dict, name: str, seed: int) ->
 def _edit(context: TaskContext, request: dict, name: str, seed: int) -> Job:
     person, example = context.appearance(request, name)
     edits = list(request.get("edits") or [f"top=example:{(example or 0) + 1}"])
-    images, texts = context.styles(edits, name)
+    content = [value.strip() for part, _, value in (item.partition("=") for item in edits) if part.strip() == CONTENT_EDIT]
+    if len(content) > 1 or (content and not content[0]):
+        raise ConditionError(f"{name}: give the edited content text once, as {CONTENT_EDIT}=words")
+    images, texts = context.styles([item for item in edits if item.partition("=")[0].strip() != CONTENT_EDIT], name)
     edited = person.with_styles(images, texts)
+    if content:
+        edited.text = content[0]
     edited.origin = {**person.origin, "edits": edits}
     references = {"source": context.examples.image(example, "source")[None]} if example is not None else {}
     return Job(name, "edit", [person, edited], [seed, seed], ["unedited", "edited: " + "; ".join(edits)], references)
@@ -191,8 +220,9 @@ def _interpolate(context: TaskContext, request: dict, name: str, seed: int) -> J
     end = context.smpl(request.get("end_smpl") or default_example, name)
     poses = interpolate_smpl(start, end, frames, method)
     mannequin = _mannequin(context, example)
-    people = [dataclasses.replace(person, smpl=pose.astype(np.float32), mask=context.mask({}, pose, mannequin))
-              for pose in poses]
+    origin = {**person.origin, "mask": silhouette_kind(context.smpl_model_dir)}
+    people = [dataclasses.replace(person, smpl=pose.astype(np.float32), mask=context.mask({}, pose, mannequin),
+                                  origin=origin) for pose in poses]
     return Job(name, "interpolate", people, [seed] * frames, [f"frame {i}" for i in range(frames)])
 
 
