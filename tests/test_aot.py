@@ -111,6 +111,31 @@ def test_traffic_by_part_follows_the_op_names():
     assert parts["optimizer, EMA and the rest"] == 2 * 2 * 32 * 85  # the final copy
 
 
+# TPU fuses compute into an async collective: a softmax of self-attention beside a weight gather.
+FUSED_HLO = """
+%gather_and_softmax (param_0: bf16[8,85], param_1: f32[4,64]) -> (bf16[32,85], f32[4,64]) {
+  %param_0 = bf16[8,85]{1,0:T(8,128)(2,1)S(1)} parameter(0)
+  %param_1 = f32[4,64]{1,0} parameter(1)
+  %all-gather.3 = bf16[32,85]{1,0} all-gather(%param_0), channel_id=1, dimensions={0}
+  %exponential.1 = f32[4,64]{1,0} exponential(%param_1), metadata={op_name="jit(step)/jvp(UPGPT.denoise)/unet/down_blocks_0/attentions_0/transformer_blocks_0/attn1/exp"}
+  ROOT %tuple.1 = (bf16[32,85]{1,0}, f32[4,64]{1,0}) tuple(%all-gather.3, %exponential.1)
+}
+
+ENTRY %main (a: bf16[8,85], b: f32[4,64]) -> (bf16[32,85], f32[4,64]) {
+  %a = bf16[8,85]{1,0:T(8,128)(2,1)S(1)} parameter(0)
+  %b = f32[4,64]{1,0} parameter(1)
+  ROOT %fusion.9 = (bf16[32,85]{1,0}, f32[4,64]{1,0}) fusion(%a, %b), kind=kCustom, calls=%gather_and_softmax
+}
+"""
+
+
+def test_compute_fused_into_a_collective_counts_as_its_model_part():
+    parts = hlo.traffic_by_part(FUSED_HLO)
+    # Reads f32[4,64] (the on-chip bf16 operand is free), writes bf16[32,85] and f32[4,64].
+    assert parts == {"self-attention scores and softmax, forward": 2 * 4 * 64 * 4 + 2 * 32 * 85}
+    assert hlo.summarize(hlo.collectives(FUSED_HLO))["all-gather"]["count"] == 1
+
+
 def test_gpu_style_async_pair_without_compute_is_not_overlapped():
     summary = hlo.summarize(hlo.collectives(GPU_HLO))
     assert summary["all-gather"] == dict(count=1, bytes=4 * 16 * 8, asynchronous=1, overlapped=0)

@@ -223,14 +223,18 @@ def traffic_by_part(hlo_text: str | tuple[str, dict[str, list[Instruction]]]) ->
 
 
 def _part(instruction: Instruction, computations: dict[str, list[Instruction]]) -> str:
+    """The model part an instruction's traffic belongs to. TPU fuses compute into its async
+    collectives (e.g. an attention softmax beside a weight all-gather): such a fusion is the part
+    its compute names, and "collectives" only when nothing in it names a model part."""
     inner = [inside for _, callee in _called(instruction) for inside in computations.get(callee, [])]
-    if _base_kind(instruction.opcode) or any(_base_kind(inside.opcode) for inside in inner) or \
-            "collective" in instruction.name:
-        return "collectives"
-    names = _OP_NAME.findall(instruction.attributes) or [name for inside in inner
+    compute = [inside for inside in inner if not _base_kind(inside.opcode)]
+    names = _OP_NAME.findall(instruction.attributes) or [name for inside in compute
                                                           for name in _OP_NAME.findall(inside.attributes)]
     op_name = max(names, key=len, default="")
     part = next((label for key, label in _PARTS if key in op_name), None)
+    if _base_kind(instruction.opcode) or "collective" in instruction.name or (
+            part is None and any(_base_kind(inside.opcode) for inside in inner)):
+        return "collectives"
     if part is None:
         return "optimizer, EMA and the rest"
     return f"{part}, {'backward' if 'transpose(' in op_name else 'forward'}"
