@@ -54,6 +54,10 @@ setup(
             # A local GCS server for tests/test_object_storage.py (gs:// workdirs, data, outputs).
             "gcp-storage-emulator==2026.7.19",
         ],
+        # The browser app (python -m upgpt_jax.app) and its test in a real browser (selenium drives
+        # Debian's chromium + chromium-driver, see .ci/run). gradio 6.18+ needs huggingface-hub 1.x,
+        # which transformers 4.57 (the last with Flax CLIP) refuses.
+        "app": ["gradio==6.17.3", "selenium>=4.51"],
         # Reading PyTorch .ckpt/.bin weights (safetensors needs no torch).
         "convert": ["torch==2.13.0"],
         "smpl": ["smplx==0.1.28", "torch==2.13.0"],

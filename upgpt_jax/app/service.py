@@ -1,0 +1,110 @@
+"""One loaded model serving the page's requests: plan (check), sample, and keep compiled samplers.
+
+The page's handlers run one at a time (the Gradio queue serialises them, see layout.py), and the
+lock here also covers the start-up warm-up thread: the model's memory is shared, not per browser.
+A `Sampler` is kept per `SamplingSettings` (the jitted function lives in the Sampler), so requests
+with settings seen before reuse its compilation; batches have a fixed size, so every request of
+the same settings has the same shapes and nothing recompiles.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import pathlib
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from upgpt_jax import pipeline
+from upgpt_jax.pipeline.outputs import image_grid, write_animation
+from upgpt_jax.pipeline.run import sample_jobs
+
+
+def error_line(error: BaseException) -> str:
+    """The one line sample.py prints for a bad request (it exits with status 2; the page shows it)."""
+    return f"error: {error}"
+
+
+@dataclasses.dataclass
+class Result:
+    """A sampled request: the planned job, its images (uint8 N x H x W x 3) and its person masks."""
+
+    job: pipeline.Job
+    images: np.ndarray
+    seconds: float
+
+    def samples(self) -> list[tuple[np.ndarray, str]]:
+        return list(zip(self.images, self.job.labels))
+
+    def references(self) -> list[tuple[np.ndarray, str]]:
+        return [(image, label) for label, stack in self.job.references.items() for image in stack]
+
+    def mask(self) -> np.ndarray:
+        """The person mask(s) the pose(s) produced: one, or a strip of the distinct ones (interpolation)."""
+        masks, seen = [], set()
+        for person in self.job.people:
+            if person.mask.tobytes() not in seen:
+                seen.add(person.mask.tobytes())
+                masks.append(np.repeat(person.mask[..., None].astype(np.uint8) * 255, 3, axis=-1))
+        return masks[0] if len(masks) == 1 else image_grid(masks, columns=min(len(masks), 8))
+
+    def animation(self) -> str:
+        """The frames as a looping GIF (as sample.py writes it), in a fresh temporary folder."""
+        stem = pathlib.Path(tempfile.mkdtemp(prefix="upgpt_app_")) / "animation"
+        return str(write_animation(stem, self.images)[0])
+
+
+class SamplingService:
+    """Plans requests with the pipeline's checks and samples them with cached compiled samplers."""
+
+    def __init__(self, loaded: pipeline.LoadedModel, defaults: Mapping[str, Any], smpl_model_dir: str | None = None,
+                 keep_samplers: int = 4):
+        self.loaded = loaded
+        self.context = pipeline.TaskContext(loaded.config, smpl_model_dir)
+        self.defaults = pipeline.SamplingSettings.from_config(loaded.config.sampling, **defaults)
+        self._samplers: collections.OrderedDict[pipeline.SamplingSettings, pipeline.Sampler] = (
+            collections.OrderedDict())
+        self._compiled: set[pipeline.SamplingSettings] = set()
+        self._keep = keep_samplers
+        self._lock = threading.Lock()
+        self.ready = threading.Event()
+        self.warm_up_seconds: float | None = None
+
+    def settings(self, method: str, num_steps: int, guidance: Mapping[str, float]) -> pipeline.SamplingSettings:
+        """The default settings with the page's sampler, step count and guidance scales."""
+        return dataclasses.replace(self.defaults, method=method, num_steps=int(num_steps),
+                                   guidance=tuple(sorted((name, float(scale)) for name, scale in guidance.items())))
+
+    def is_compiled(self, settings: pipeline.SamplingSettings) -> bool:
+        return settings in self._compiled
+
+    def run(self, request: Mapping[str, Any], settings: pipeline.SamplingSettings | None = None) -> Result:
+        """Plan `request` (bad inputs raise `pipeline.ConditionError` before any compute) and sample it."""
+        settings = settings or self.defaults
+        job = pipeline.plan(self.context, request)
+        with self._lock:
+            sampler = self._sampler(settings)
+            start = time.perf_counter()
+            images = sample_jobs(sampler, [job])[0]
+            self._compiled.add(settings)
+        return Result(job, images, time.perf_counter() - start)
+
+    def warm_up(self, request: Mapping[str, Any]) -> None:
+        """Compile the default settings' sampler with one request, then set `ready` (for the status)."""
+        try:
+            self.warm_up_seconds = self.run(request).seconds
+        finally:
+            self.ready.set()
+
+    def _sampler(self, settings: pipeline.SamplingSettings) -> pipeline.Sampler:
+        if settings not in self._samplers:
+            self._samplers[settings] = pipeline.Sampler(self.loaded, settings)  # checks method and steps
+            while len(self._samplers) > self._keep:
+                dropped, _ = self._samplers.popitem(last=False)
+                self._compiled.discard(dropped)
+        self._samplers.move_to_end(settings)
+        return self._samplers[settings]
