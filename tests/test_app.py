@@ -31,6 +31,7 @@ BROWSER, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (BROWSER and DRIVER), reason="needs Debian's chromium and chromium-driver")
 STEPS = ["--num_steps", "4"]
 GENERATE = {"task": "generate", "text": "a person in a green top", "num": 1, "seed": 0, "name": "generate"}
+SECOND_SEED = 1  # what a second browser asks for at the same time
 EDIT = {"task": "edit", "example": 0, "edits": ["top=text:a red top"], "seed": 0, "name": "edit"}
 
 
@@ -63,7 +64,8 @@ def served(checkpointed_run, tmp_path_factory):
     try:
         requests = folder / "requests.jsonl"
         generate = dict(GENERATE, smpl=str(poses / "pose.npy"))
-        requests.write_text("\n".join(json.dumps(request) for request in (generate, EDIT)) + "\n")
+        second = dict(generate, seed=SECOND_SEED, name="generate_second")
+        requests.write_text("\n".join(json.dumps(request) for request in (generate, second, EDIT)) + "\n")
         sample = [sys.executable, "sample.py", "--workdir", str(checkpointed_run), *STEPS]
         subprocess.run([*sample, "--requests", str(requests), "--out", str(folder / "out")], cwd=ROOT, env=env,
                        check=True, capture_output=True, timeout=600)
@@ -80,15 +82,21 @@ def served(checkpointed_run, tmp_path_factory):
         log.close()
 
 
-@pytest.fixture(scope="module")
-def browser():
+def _chromium():
     options = webdriver.ChromeOptions()
     options.binary_location = BROWSER
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1600"):
         options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
-    yield driver
-    driver.quit()
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
+
+
+@pytest.fixture(scope="module")
+def browsers():
+    """Two headless Chromium windows: two users at once."""
+    drivers = [_chromium(), _chromium()]
+    yield drivers
+    for driver in drivers:
+        driver.quit()
 
 
 def _responds(url: str) -> bool:
@@ -121,9 +129,17 @@ def _type(driver, element_id: str, text: str) -> None:
 
 def _run(driver, button: str, status: str) -> str:
     """Click `button` and wait for the tab's status line to change to done or error; returns it."""
+    return _finish(driver, status, _click(driver, button, status))
+
+
+def _click(driver, button: str, status: str) -> str:
+    """Click `button`; returns the status line before."""
     before = _text(driver, status)
     driver.find_element(By.ID, button).click()
+    return before
 
+
+def _finish(driver, status: str, before: str) -> str:
     def finished(driver) -> str | None:
         line = _text(driver, status)
         return line if line != before and line.startswith(("Done", "error:")) else None
@@ -141,16 +157,23 @@ def _written(out: pathlib.Path, name: str) -> list[np.ndarray]:
     return [np.asarray(Image.open(path).convert("RGB")) for path in sorted((out / name).glob("sample_*.png"))]
 
 
-def test_generate_and_edit_show_sample_py_pixels_and_a_bad_crop_its_error(served, browser):
+def test_generate_and_edit_show_sample_py_pixels_and_a_bad_crop_its_error(served, browsers):
     url, out, cli_error, bad_crop = served
-    browser.get(url)
-    WebDriverWait(browser, 300, 0.5).until(lambda d: "Ready" in _text(d, "status"))
+    browser, other = browsers
+    for driver, seed in ((browser, GENERATE["seed"]), (other, SECOND_SEED)):
+        driver.get(url)
+        WebDriverWait(driver, 300, 0.5).until(lambda d: "Ready" in _text(d, "status"))
+        _type(driver, "gen_text", GENERATE["text"])
+        _type(driver, "seed", str(seed))
 
-    _type(browser, "gen_text", GENERATE["text"])
-    assert _run(browser, "gen_run", "gen_status").startswith("Done"), _text(browser, "gen_status")
-    shown = _shown_images(browser, "gen_samples")
-    assert len(shown) == 1
-    np.testing.assert_array_equal(shown[0], _written(out, "generate")[0])
+    # Two users click at once: the requests queue and each page shows its own (different) result.
+    assert not np.array_equal(_written(out, "generate")[0], _written(out, "generate_second")[0])
+    before = [_click(driver, "gen_run", "gen_status") for driver in browsers]
+    for driver, line, name in zip(browsers, before, ("generate", "generate_second")):
+        assert _finish(driver, "gen_status", line).startswith("Done"), _text(driver, "gen_status")
+        shown = _shown_images(driver, "gen_samples")
+        assert len(shown) == 1
+        np.testing.assert_array_equal(shown[0], _written(out, name)[0])
     assert browser.find_elements(By.CSS_SELECTOR, "#gen_mask img"), "the person mask is shown"
     artifacts = pathlib.Path(os.environ.get("UPGPT_TEST_ARTIFACTS", ROOT / "test-artifacts"))
     artifacts.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ def build_page(service: SamplingService, gallery: dict[str, Any], thumbnails: li
                 settings = {
                     "method": gr.Dropdown(list(SAMPLERS), value=defaults.method, label="sampler"),
                     "num_steps": gr.Number(defaults.num_steps, precision=0, minimum=1, label="steps"),
-                    "seed": gr.Number(0, precision=0, label="seed"),
+                    "seed": gr.Number(0, precision=0, label="seed", elem_id="seed"),
                     **{f"guidance_{name}": gr.Number(dict(defaults.guidance).get(name, 1.0), label=f"guidance {name}")
                        for name in GUIDANCE_ORDER},
                 }
