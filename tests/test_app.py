@@ -67,12 +67,13 @@ def served(checkpointed_run, tmp_path_factory):
         second = dict(generate, seed=SECOND_SEED, name="generate_second")
         requests.write_text("\n".join(json.dumps(request) for request in (generate, second, EDIT)) + "\n")
         sample = [sys.executable, "sample.py", "--workdir", str(checkpointed_run), *STEPS]
-        subprocess.run([*sample, "--requests", str(requests), "--out", str(folder / "out")], cwd=ROOT, env=env,
-                       check=True, capture_output=True, timeout=600)
+        done = subprocess.run([*sample, "--requests", str(requests), "--out", str(folder / "out")], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
         bad = subprocess.run([*sample, "--task", "generate", "--text", "x", "--smpl", str(poses / "pose.npy"),
                               "--style", f"top={bad_crop}", "--out", str(folder / "bad")],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        assert bad.returncode == 2
+        assert bad.returncode == 2, bad.stderr[-3000:]
         url = f"http://127.0.0.1:{port}/"
         _wait_for(lambda: _responds(url), 300, "the app to serve its page", folder / "app.log")
         yield url, folder / "out", bad.stderr.strip().splitlines()[-1], bad_crop

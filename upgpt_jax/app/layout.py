@@ -58,8 +58,10 @@ def _wait_for_warm_up(service: SamplingService) -> Iterator[str]:
         yield "Compiling the sampler (first request); the page is usable, requests wait for it…"
     while not service.ready.wait(0.5):
         pass
-    seconds = service.warm_up_seconds
-    yield "Ready." + (f" First compile and sample took {seconds:.0f} s." if seconds is not None else "")
+    if service.warm_up_error:
+        yield f"Ready, but the start-up sample failed ({service.warm_up_error}); requests compile on first use."
+    else:
+        yield f"Ready. First compile and sample took {service.warm_up_seconds:.0f} s."
 
 
 def _pose_picker(label: str, gallery: dict[str, Any], prefix: str, default: int = 0) -> dict[str, gr.components.Component]:

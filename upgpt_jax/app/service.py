@@ -73,6 +73,7 @@ class SamplingService:
         self._lock = threading.Lock()
         self.ready = threading.Event()
         self.warm_up_seconds: float | None = None
+        self.warm_up_error: str | None = None
 
     def settings(self, method: str, num_steps: int, guidance: Mapping[str, float]) -> pipeline.SamplingSettings:
         """The default settings with the page's sampler, step count and guidance scales."""
@@ -94,9 +95,12 @@ class SamplingService:
         return Result(job, images, time.perf_counter() - start)
 
     def warm_up(self, request: Mapping[str, Any]) -> None:
-        """Compile the default settings' sampler with one request, then set `ready` (for the status)."""
+        """Compile the default settings' sampler with one request, then set `ready` (for the status);
+        a failure is kept for the status line (requests then compile on first use)."""
         try:
             self.warm_up_seconds = self.run(request).seconds
+        except Exception as error:  # noqa: BLE001 - shown in the page; the server keeps serving
+            self.warm_up_error = f"{type(error).__name__}: {error}"
         finally:
             self.ready.set()
 
