@@ -15,10 +15,10 @@ with imageio-ffmpeg). The sampler (--method/--num_steps/--eta/--guidance) defaul
 `sampling` section; --released_no_guidance runs the released code's unguided sampling.
 """
 import json
-import sys
 
 from absl import app, flags, logging
 
+from upgpt_jax.cli_errors import BadInput, fail, one_line_errors, parse_flags
 from upgpt_jax.cli_flags import check_model_flags, define_model_flags, define_sampler_flags, sampler_overrides
 
 define_model_flags()
@@ -67,22 +67,26 @@ def read_requests(path: str) -> list[dict]:
     """The JSON requests of a JSONL file (local or gs://), one object per non-empty line."""
     from upgpt_jax import storage
 
+    try:
+        lines = storage.path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInput(f"--requests {path}: cannot read it ({type(error).__name__}: {error})") from None
     requests = []
-    with storage.path(path).open(encoding="utf-8") as file:
-        for number, line in enumerate(file, 1):
-            if line.strip():
-                try:
-                    request = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise app.UsageError(f"{path}:{number}: not JSON ({error})") from None
-                if not isinstance(request, dict):
-                    raise app.UsageError(f"{path}:{number}: expected a JSON object per line")
-                requests.append(request)
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                request = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise BadInput(f"{path}:{number}: not JSON ({error})") from None
+            if not isinstance(request, dict):
+                raise BadInput(f"{path}:{number}: expected a JSON object per line")
+            requests.append(request)
     if not requests:
-        raise app.UsageError(f"{path}: no requests")
+        raise BadInput(f"{path}: no requests")
     return requests
 
 
+@one_line_errors
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -92,7 +96,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--out is required")
     check_model_flags()
     from upgpt_jax.compilation_cache import enable_compilation_cache
-    from upgpt_jax import pipeline
+    from upgpt_jax import pipeline, storage
 
     overrides = sampler_overrides()
     enable_compilation_cache()
@@ -101,8 +105,11 @@ def main(argv: list[str]) -> None:
         config = pipeline.run_config(flags.FLAGS.workdir, flags.FLAGS.step)[0] if flags.FLAGS.workdir else flags.FLAGS.config
         jobs = pipeline.plan_requests(config, requests, flags.FLAGS.smpl_model_dir)
     except (pipeline.ConditionError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(error))
+    try:  # before the samples are computed: they would be lost
+        storage.check_writable(flags.FLAGS.out)
+    except OSError as error:
+        raise BadInput(f"--out {flags.FLAGS.out} cannot be written ({type(error).__name__}: {error})") from None
     if flags.FLAGS.workdir:
         loaded = pipeline.load_from_workdir(flags.FLAGS.workdir, flags.FLAGS.step, flags.FLAGS.weights)
     else:
@@ -117,4 +124,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

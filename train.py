@@ -4,18 +4,22 @@ Any config field can be overridden (`--config.train.num_steps=2000`). Re-running
 with the same workdir resumes from the newest checkpoint; a larger num_steps trains on. XLA
 compilations are cached in $JAX_COMPILATION_CACHE_DIR (default ~/.cache/upgpt_jax/jax_cache), so a
 restart does not compile again. Exits 0 when done or preempted (SIGTERM: checkpoint saved), 1 when
-training diverged (non-finite losses; the last good checkpoint is kept).
+training diverged (skipped steps in a row; the last good checkpoint is kept), when a checkpoint save
+failed (the lost steps are named) or no checkpoint restores, and 2 for a bad setting or a workdir
+another job holds; every error is one line.
 
 Several processes (hosts) run the same command, each with its own process id: explicitly
 (`--coordinator_address=HOST0:PORT --num_processes=N --process_id=I`) or, on a Cloud TPU pod slice,
 under SLURM `srun` or Open MPI `mpirun`, with `--distributed=auto` (JAX reads the environment).
 Process 0 prints and writes metrics.jsonl; every process takes part in the checkpoint saves.
 """
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from upgpt_jax.cli_errors import fail, one_line_errors, parse_flags
 from upgpt_jax.compilation_cache import enable_compilation_cache
 from upgpt_jax.distributed import EXPLICIT_FLAGS, initialize, is_main_process
 
@@ -42,6 +46,7 @@ def join_processes() -> None:
         initialize(**explicit, auto_detect=flags.FLAGS.distributed == "auto")
 
 
+@one_line_errors
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -49,9 +54,18 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     join_processes()
     enable_compilation_cache()
+    from upgpt_jax.train.checkpointing import CheckpointRestoreError, CheckpointSaveError
     from upgpt_jax.train.trainer import train
 
-    result = train(flags.FLAGS.config, flags.FLAGS.workdir)
+    try:
+        result = train(flags.FLAGS.config, flags.FLAGS.workdir)
+    except CheckpointRestoreError as error:
+        fail(str(error), code=1)
+    except CheckpointSaveError as error:
+        # orbax leaves threads waiting on the failed save, which would block a normal exit for good.
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
     if is_main_process():
         print(f"{result.stop_reason} at step {int(result.state.step)}; last checkpoint: {result.last_checkpoint}")
     if result.stop_reason == "diverged":
@@ -59,4 +73,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

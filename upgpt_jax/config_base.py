@@ -159,7 +159,11 @@ def released_config() -> ml_collections.ConfigDict:
         # sampling can use classifier-free guidance per modality.
         cond_dropout=ml_collections.ConfigDict(dict(text=0.1, style=0.1, pose=0.1)),
         grad_accum_steps=1,
-        max_consecutive_nan=5,  # Stop after this many non-finite losses in a row.
+        max_consecutive_nan=5,  # Stop after this many skipped steps in a row.
+        # A step is skipped (no update, counted in `skipped`) when its loss or gradient norm is not
+        # finite or its update's global norm exceeds this fraction of the weights' norm: a finite
+        # loss can still come with an update that blows the weights up (a far too high learning rate).
+        max_update_ratio=1.0,
         seed=0,  # Data order, noise, timesteps and dropout; `config.seed` initialises the model.
         # Every `sample_every` steps (0: never) process 0 writes a grid of samples for fixed
         # validation conditions to DIR/samples/ (and TensorBoard), with the `sampling` settings.

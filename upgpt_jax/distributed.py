@@ -19,6 +19,7 @@ a single machine without asking the TPU metadata server, and a wrong guess would
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,9 +76,42 @@ def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
     when the processes arrive more than 30 s apart (one still compiling, or loading a checkpoint)."""
     if jax.process_count() == 1:
         return
+    _coordinator_client().wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
+_COORDINATOR_KEYS = itertools.count()  # one key per call: every process makes the same calls in the same order
+
+
+def any_process_at_coordinator(flag: bool, timeout_s: int = 3600) -> bool:
+    """`any_process`, through the jax.distributed coordinator's key-value store instead of a device
+    collective: for decisions before training starts (which checkpoint restores, whether the workdir
+    is held), where processes may arrive minutes apart (a collective's first use on CPU fails or hangs
+    when they arrive more than 30 s apart)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    client = _coordinator_client()
+    key = f"upgpt_jax/any/{next(_COORDINATOR_KEYS)}"
+    client.key_value_set(f"{key}/{jax.process_index()}", "1" if flag else "0")
+    return any(client.blocking_key_value_get(f"{key}/{index}", timeout_s * 1000) == "1"
+               for index in range(jax.process_count()))
+
+
+def from_main_process(value: str, timeout_s: int = 3600) -> str:
+    """Process 0's `value` on every process (the others' `value` is ignored), through the coordinator."""
+    if jax.process_count() == 1:
+        return value
+    client = _coordinator_client()
+    key = f"upgpt_jax/main/{next(_COORDINATOR_KEYS)}"
+    if jax.process_index() == 0:
+        client.key_value_set(key, "=" + value)  # never empty
+        return value
+    return client.blocking_key_value_get(key, timeout_s * 1000)[1:]
+
+
+def _coordinator_client() -> Any:
     from orbax.checkpoint import multihost
 
-    multihost.get_jax_distributed_client().wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+    return multihost.get_jax_distributed_client()
 
 
 def compile_then_meet(function: Any, name: str, *args: Any) -> None:

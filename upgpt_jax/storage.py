@@ -70,6 +70,16 @@ def save_image(image: np.ndarray | Image.Image, destination: str | os.PathLike, 
     destination.write_bytes(encoded.getvalue())
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create `folder` if needed and write and delete a small file in it, so that an output folder
+    that cannot be written is found before the work whose results it would hold; raises OSError."""
+    folder = path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-probe-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def upload(local: str | os.PathLike, destination: AnyPath) -> None:
     """Copy the local file `local` to `destination` (streamed: the file may be large)."""
     with open(local, "rb") as source, destination.open("wb") as target:
@@ -117,7 +127,7 @@ class AppendFile:
     """A binary file that only grows (a log), on a local path or an object store.
 
     Locally: a real file opened for appending (`exclusive`: created, never an existing one;
-    `initial`: truncated to these bytes first) and flushed after every write, so a reader sees each
+    `initial`: replaced by a file of these bytes first, atomically) and flushed after every write, so a reader sees each
     record at once. On an object store, which cannot append, the bytes go to a local spool file and
     the whole object is rewritten on the first write, then at most every `upload_every` seconds, on
     `flush()` and on `close()`; appending to an existing object downloads it first.
@@ -130,10 +140,11 @@ class AppendFile:
         self.upload_every = upload_every
         self._last_upload = -float("inf")
         if not self.remote:
-            mode = "wb" if initial is not None else "xb" if exclusive else "ab"
-            self._file = open(self.path, mode)
-            if initial:
-                self.write(initial)
+            if initial is not None:  # a new file renamed over the old: a crash leaves one or the other
+                partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+                partial.write_bytes(initial)
+                os.replace(partial, self.path)
+            self._file = open(self.path, "xb" if exclusive and initial is None else "ab")
             return
         if exclusive and self.path.exists():
             raise FileExistsError(f"{self.path} exists already")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from upgpt_jax import storage
+from upgpt_jax.cli_errors import fail
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 DATASETS = ("synthetic_people", "deepfashion_upgpt")
@@ -61,7 +62,14 @@ def main(argv: Sequence[str] | None = None) -> storage.AnyPath:
     """Build the dataset; return (and print) the directory the splits were written to (a Path, or an
     etils.epath.Path for a gs:// --data_dir)."""
     args = _parse_args(argv)
-    return _prepare_in_bucket(args) if storage.is_url(args.data_dir) else _prepare(args)
+    from upgpt_jax.data.records import BadExampleError
+
+    try:
+        return _prepare_in_bucket(args) if storage.is_url(args.data_dir) else _prepare(args)
+    except BadExampleError as error:  # one bad pair: one line, and the way past it
+        fail(f"{error}" + ("" if args.skip_bad else " (--skip_bad skips such pairs and lists them in skipped.json)"))
+    except FileNotFoundError as error:  # captions.json, a pair CSV
+        fail(str(error))
 
 
 def _prepare_in_bucket(args: argparse.Namespace) -> storage.AnyPath:

@@ -132,7 +132,7 @@ class TaskContext:
                             style_images=read_style_folder(request["style_folder"], self.style_size),
                             origin=dict(source=source, style_folder=str(request["style_folder"]), mask=mask_kind))
             return person, None
-        index = int(request.get("example", default_example))
+        index = _integer(request, "example", default_example, source, minimum=0)
         person = self.examples.person(index)
         if request.get("text"):
             person.text = str(request["text"])
@@ -153,13 +153,13 @@ def plan(context: TaskContext, request: Mapping[str, Any], index: int = 0) -> Jo
     if unknown:
         raise ConditionError(f"request {name}: unknown keys {sorted(unknown)} for task {task}; "
                              f"expected some of {sorted(_KEYS[task])}")
-    job = _PLANNERS[task](context, dict(request), name, int(request.get("seed", 0)))
+    job = _PLANNERS[task](context, dict(request), name, _integer(request, "seed", 0, name))
     job.request = dict(request)
     return job
 
 
 def _generate(context: TaskContext, request: dict, name: str, seed: int) -> Job:
-    num = int(request.get("num", 4))
+    num = _integer(request, "num", 4, name, minimum=1)
     explicit = any(request.get(key) for key in ("text", "smpl", "styles", "style_folder"))
     if explicit:
         smpl, mask, mask_kind = context.pose(_required(request, "smpl", name), request, None, name)
@@ -170,14 +170,14 @@ def _generate(context: TaskContext, request: dict, name: str, seed: int) -> Job:
                         style_images=images, style_texts=texts, origin=dict(source=name, mask=mask_kind))
         return Job(name, "generate", [person] * num, [seed + i for i in range(num)], [f"seed {seed + i}" for i in range(num)])
     # From the dataset: example K's text, pose and mask, no style (text + pose generation).
-    start = int(request.get("example", 0))
+    start = _integer(request, "example", 0, name, minimum=0)
     people = [dataclasses.replace(context.examples.person(start + i), style_images={}) for i in range(num)]
     references = {"ground truth": np.stack([context.examples.image(start + i) for i in range(num)])}
     return Job(name, "generate", people, [seed] * num, [f"example {start + i}" for i in range(num)], references)
 
 
 def _pose_transfer(context: TaskContext, request: dict, name: str, seed: int) -> Job:
-    num = int(request.get("num", 1))
+    num = _integer(request, "num", 1, name, minimum=1)
     source, example = context.appearance(request, name)
     if request.get("target_smpl"):
         target, mask, mask_kind = context.pose(request["target_smpl"], request, _mannequin(context, example), name)
@@ -210,7 +210,7 @@ def _edit(context: TaskContext, request: dict, name: str, seed: int) -> Job:
 
 
 def _interpolate(context: TaskContext, request: dict, name: str, seed: int) -> Job:
-    frames = int(request.get("frames", 8))
+    frames = _integer(request, "frames", 8, name, minimum=2)
     method = request.get("interpolation", "slerp")
     if method not in METHODS:
         raise ConditionError(f"{name}: interpolation must be one of {METHODS}, got {method!r}")
@@ -228,6 +228,16 @@ def _interpolate(context: TaskContext, request: dict, name: str, seed: int) -> J
 
 def _mannequin(context: TaskContext, example: int | None) -> int | None:
     return None if example is None else context.examples.mannequin(example)
+
+
+def _integer(request: Mapping[str, Any], key: str, default: int, source: str, minimum: int | None = None) -> int:
+    """`request[key]` (or `default`) as an int of at least `minimum`; ConditionError naming the key if not."""
+    value = request.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().lstrip("-").isdigit():
+        raise ConditionError(f"{source}: {key!r} must be an integer, got {value!r}")
+    if minimum is not None and int(value) < minimum:
+        raise ConditionError(f"{source}: {key!r} must be >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def _required(request: Mapping[str, Any], key: str, source: str) -> Any:

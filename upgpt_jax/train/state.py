@@ -30,6 +30,8 @@ FROZEN = ("vae", "condition_stats")  # condition_stats: only with model.standard
 # (trainable, frozen) parts of each training stage (config.train.stage). The VAE stage trains the
 # autoencoder alone and holds nothing else (the UNet and fusion are neither needed nor initialised).
 STAGE_PARTS = {"diffusion": (TRAINABLE, FROZEN), "vae": (("vae",), ())}
+# config.train.max_update_ratio's default, for configs saved before the field existed.
+MAX_UPDATE_RATIO = 1.0
 
 
 @flax.struct.dataclass
@@ -127,13 +129,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def apply_gradients(state: TrainState, grads: Any, loss: jax.Array, rng: jax.Array,
-                    optimizer: optax.GradientTransformation, ema_decay: float) -> tuple[TrainState, jax.Array, jax.Array]:
-    """The optimizer and EMA update of one step, guarded: a non-finite loss or gradient norm keeps
-    params, optimizer state and EMA as they were and counts the step in `skipped`; the step
-    counter and `rng` (the state's next key) move on either way. Returns (state, finite, grad norm)."""
+                    optimizer: optax.GradientTransformation, ema_decay: float,
+                    max_update_ratio: float = MAX_UPDATE_RATIO) -> tuple[TrainState, jax.Array, jax.Array]:
+    """The optimizer and EMA update of one step, guarded: a non-finite loss or gradient norm, or an
+    update whose global norm exceeds `max_update_ratio` x the params' (a finite loss and gradient
+    can still blow the weights up: at a learning rate of 1e12 one step takes them from 1 to 4e11),
+    keeps params, optimizer state and EMA as they were and counts the step in `skipped`; the step
+    counter and `rng` (the state's next key) move on either way. So a checkpoint, which is only
+    written after an applied step, never holds weights a bad update made. Returns (state, applied,
+    grad norm)."""
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    # NaN/inf compare False: a non-finite update is refused here too.
+    sane = optax.tree.norm(updates) <= max_update_ratio * optax.tree.norm(state.params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & sane
     params = optax.apply_updates(state.params, updates)
     ema_params = ema_update(state.ema_params, params, ema_decay_at(ema_decay, state.step + 1))
     keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731

@@ -3,9 +3,9 @@
 The step samples the VAE posterior (so precomputed moments and on-the-fly encoding train
 alike), draws the condition-dropout masks for classifier-free guidance, takes the eps-loss
 gradient of the trainable params (compute in `config.model.dtype`, master weights float32),
-and applies AdamW and the EMA. A non-finite loss or gradient norm keeps params, optimizer state
-and EMA as they were and counts the step in `state.skipped`; the step counter and RNG move on,
-so the next batch is used next.
+and applies AdamW and the EMA. A non-finite loss or gradient norm, or an update larger than
+`train.max_update_ratio` x the weights, keeps params, optimizer state and EMA as they were and
+counts the step in `state.skipped`; the step counter and RNG move on, so the next batch is used next.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from upgpt_jax.models.upgpt import UPGPT
 from upgpt_jax.models.vae import DiagonalGaussian
 from upgpt_jax.sharding import batch_sharding, on_mesh
 from upgpt_jax.train.optimizer import current_learning_rate
-from upgpt_jax.train.state import TrainState, apply_gradients, replicated
+from upgpt_jax.train.state import MAX_UPDATE_RATIO, TrainState, apply_gradients, replicated
 
 TrainStep = Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
 FEATURE_KEYS = ("latent_moments", "text_embedding", "style_embedding", "person_mask", "style_present", "pose")
@@ -69,6 +69,7 @@ def make_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimizer: 
     dropout_probabilities = dict(config.train.cond_dropout)
     snr_gamma = float(config.diffusion.get("snr_gamma", 0.0))  # absent in configs saved before it existed
     ema_decay = float(config.train.ema_decay)
+    max_update_ratio = float(config.train.get("max_update_ratio", MAX_UPDATE_RATIO))
     grad_accum_steps = int(config.train.grad_accum_steps)
 
     def step(state: TrainState, features: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -90,7 +91,8 @@ def make_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimizer: 
             return loss
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        new_state, finite, grad_norm = apply_gradients(state, grads, loss, rng, optimizer, ema_decay)
+        new_state, finite, grad_norm = apply_gradients(state, grads, loss, rng, optimizer, ema_decay,
+                                                         max_update_ratio)
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,

@@ -3,10 +3,13 @@
 Resuming is re-running: the same config and `workdir` restore the newest checkpoint (state and
 data position) and continue to `config.train.num_steps`. On CPU the losses then equal an
 uninterrupted run's. SIGTERM saves a checkpoint at the step reached and returns normally. After
-`max_consecutive_nan` non-finite losses in a row the loop stops without saving, so the newest
-checkpoint is the last good one. Multi-process (multi-host) runs take the same path: every process
-calls `train` (see upgpt_jax.distributed), loads its slice of each batch and joins every step and
-checkpoint save; process 0 alone writes the logs.
+`max_consecutive_nan` skipped steps in a row (a non-finite loss or gradient, or an update larger
+than `max_update_ratio` x the weights) the loop stops without saving, so the newest checkpoint is
+the last good one. One job at a time holds the workdir (upgpt_jax.train.workdir_hold); a damaged
+newest checkpoint is set aside and the previous one restored (upgpt_jax.train.checkpointing).
+Multi-process (multi-host) runs take the same path: every process calls `train` (see
+upgpt_jax.distributed), loads its slice of each batch and joins every step and checkpoint save;
+process 0 alone writes the logs.
 
 The host never waits for the device on a step that does not need a value from it: each step only
 dispatches work (under a device-to-host transfer guard, so a stray read raises on GPU/TPU), and the
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 import time
 from collections.abc import Callable
@@ -41,21 +43,21 @@ from upgpt_jax.models.upgpt import UPGPT, build_model
 from upgpt_jax.pipeline.loading import load_vae
 from upgpt_jax import storage
 from upgpt_jax.sharding import make_mesh, weight_shardings
-from upgpt_jax.train.checkpointing import Checkpointer, PreemptionSignal
+from upgpt_jax.train.checkpointing import Checkpointer, CheckpointSaveError, PreemptionSignal
+from upgpt_jax.train.config_checks import check_training_config
 from upgpt_jax.train.data import training_pipeline
 from upgpt_jax.train.condition_stats import with_condition_stats
 from upgpt_jax.train.latent_scale import resolve_scale_factor
+from upgpt_jax.train.metrics_log import METRICS_FILE, TENSORBOARD_DIR, MetricsLog  # noqa: F401 (the run's files)
 from upgpt_jax.train.metrics_window import MetricsWindow
 from upgpt_jax.train.optimizer import make_optimizer
 from upgpt_jax.train.previews import SamplePreviews
 from upgpt_jax.train.profiling import PROFILE_DIR, StepProfiler, parse_profile_steps
 from upgpt_jax.train.state import TrainState, abstract_state, make_init_fn, with_shardings
-from upgpt_jax.train.summary import SummaryWriter
+from upgpt_jax.train.workdir_hold import hold_workdir
 from upgpt_jax.train.vae_step import lpips_for_config, make_vae_train_step
 from upgpt_jax.train.step import TrainStep, make_encode_fn, make_train_step
 
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
 # Stage-specific losses logged beside `loss` when a step reports them (the VAE stage's terms).
 EXTRA_METRICS = ("rec_l1", "kl", "lpips")
 CHECKPOINT_DIR = "checkpoints"
@@ -66,34 +68,6 @@ class TrainResult:
     state: TrainState
     stop_reason: str  # "done", "preempted" or "diverged"
     last_checkpoint: int | None
-
-
-class MetricsLog:
-    """Appends one JSON object per logged step to DIR/metrics.jsonl and writes the same scalars (and
-    sample grids) as TensorBoard events to DIR/tensorboard/ (process 0 only)."""
-
-    def __init__(self, workdir: storage.AnyPath, resume_step: int):
-        self.path = workdir / METRICS_FILE
-        self.enabled = is_main_process()
-        self.tensorboard = SummaryWriter(workdir / TENSORBOARD_DIR, enabled=self.enabled)
-        self._file = None
-        if self.enabled:
-            kept = None
-            if self.path.exists():  # drop lines an interrupted run logged after its checkpoint
-                kept = "".join(line + "\n" for line in self.path.read_text().splitlines()
-                               if line.strip() and json.loads(line)["step"] <= resume_step).encode()
-            # An object store cannot append: AppendFile re-uploads the file (every ~30 s and on close).
-            self._file = storage.AppendFile(self.path, initial=kept)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            self._file.write((json.dumps(record) + "\n").encode())
-            self.tensorboard.scalars(record["step"], {key: value for key, value in record.items() if key != "step"})
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self.tensorboard.close()
 
 
 # Fields that only steer the loop: runs that differ only in them share compiled functions.
@@ -155,22 +129,35 @@ def _compiled(config: ml_collections.FrozenConfigDict, devices: tuple[jax.Device
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> TrainResult:
-    """Train the stage (`config.train.stage`) described by `config` in `workdir` (created or resumed)."""
+    """Train the stage (`config.train.stage`) described by `config` in `workdir` (created or resumed).
+
+    Raises, before any set-up: ConfigError (a setting out of range), WorkdirBusy (another live job
+    holds `workdir`); later: CheckpointRestoreError (no checkpoint restores), CheckpointSaveError
+    (a save failed: the run stops; the message says which steps since the last checkpoint are lost).
+    """
     started = time.perf_counter()
+    check_training_config(config)
+    profile_steps = parse_profile_steps(config.train.get("profile_steps", ()))  # refused before any set-up
     workdir = storage.path(workdir)  # a local folder or a URL (gs://...): upgpt_jax.storage
     workdir.mkdir(parents=True, exist_ok=True)
+    with hold_workdir(workdir):
+        return _train(config, workdir, profile_steps, started)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: storage.AnyPath, profile_steps: tuple[int, int] | None,
+           started: float) -> TrainResult:
     train_config = config.train
-    profile_steps = parse_profile_steps(train_config.get("profile_steps", ()))  # refused before any set-up
     checkpointer = Checkpointer(workdir / CHECKPOINT_DIR, train_config.keep_checkpoints)
-    last_checkpoint = checkpointer.latest_step()
-    config = resolve_scale_factor(config, workdir, resumed=last_checkpoint is not None)
+    checkpointer.set_aside_incomplete()  # before the newest checkpoint's config is read
+    config = resolve_scale_factor(config, workdir, resumed=checkpointer.latest_step() is not None)
     parts = compiled_for(config)
     mesh = parts.mesh
     pipeline = training_pipeline(config)
-    if last_checkpoint is None:
-        state = with_condition_stats(initial_state(parts, train_config), parts, config)
+    restored = checkpointer.restore_latest(with_shardings(parts.abstract, parts.shardings))
+    if restored is None:
+        state, last_checkpoint = with_condition_stats(initial_state(parts, train_config), parts, config), None
     else:
-        state, data_state = checkpointer.restore(last_checkpoint, with_shardings(parts.abstract, parts.shardings))
+        last_checkpoint, state, data_state = restored
         pipeline.set_state(data_state)
     start_step = int(state.step)
     metrics_log = MetricsLog(workdir, start_step)
@@ -185,71 +172,80 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     timed_steps, window_start, latest = 0, None, None
     progress = tqdm(total=train_config.num_steps, initial=start_step, desc="train", unit="step",
                     disable=not is_main_process(), dynamic_ncols=True)
-    with PreemptionSignal() as preemption, pipeline, StepProfiler(profile_steps, workdir / PROFILE_DIR) as profiler:
-        for step in range(start_step + 1, train_config.num_steps + 1):
-            # Only dispatch: the device runs the step while the host goes on. Reading a device value
-            # here would wait for it; JAX raises on GPU/TPU (a CPU "device" is host memory: no guard).
-            with jax.transfer_guard_device_to_host("disallow"), profiler.step(step):
-                features = step_features(parts, config, next(pipeline), state, step, first=window_start is None)
-                if window_start is None:
-                    compile_then_meet(parts.train_step, f"train step {step}", state, features)
-                state, metrics = parts.train_step(state, features)
-                window.add(metrics)
-                progress.update(1)
-            if window_start is None:  # img/s is timed from the end of the first (compiling) step
-                jax.block_until_ready(metrics)
-                window_start = time.perf_counter()
-                if is_main_process():
-                    tqdm.write(f"first step {step} done {window_start - started:.1f} s after start (set-up, "
-                               f"restore or init, compilation)")
-            else:
-                timed_steps += 1
+    step = start_step
+    try:
+        with PreemptionSignal() as preemption, pipeline, StepProfiler(profile_steps, workdir / PROFILE_DIR) as profiler:
+            for step in range(start_step + 1, train_config.num_steps + 1):
+                # Only dispatch: the device runs the step while the host goes on. Reading a device value
+                # here would wait for it; JAX raises on GPU/TPU (a CPU "device" is host memory: no guard).
+                with jax.transfer_guard_device_to_host("disallow"), profiler.step(step):
+                    features = step_features(parts, config, next(pipeline), state, step, first=window_start is None)
+                    if window_start is None:
+                        compile_then_meet(parts.train_step, f"train step {step}", state, features)
+                    state, metrics = parts.train_step(state, features)
+                    window.add(metrics)
+                    progress.update(1)
+                if window_start is None:  # img/s is timed from the end of the first (compiling) step
+                    jax.block_until_ready(metrics)
+                    window_start = time.perf_counter()
+                    if is_main_process():
+                        tqdm.write(f"first step {step} done {window_start - started:.1f} s after start (set-up, "
+                                   f"restore or init, compilation)")
+                else:
+                    timed_steps += 1
 
-            log_due = step % train_config.log_every == 0 or step == train_config.num_steps
-            checkpoint_due = step % train_config.checkpoint_every == 0 or step == train_config.num_steps
-            synced = log_due or checkpoint_due or window.fetch_due()
-            if synced:  # the one device-to-host transfer: every step's metrics since the last one
-                latest = window.fetch()
-            if log_due:
-                now = time.perf_counter()
-                img_per_s = timed_steps * train_config.batch_size / (now - window_start) if timed_steps else None
-                record = {
-                    "step": step,
-                    "loss": window.take_mean_loss(),  # of the finite losses since the last log
-                    "lr": float(latest["lr"]),
-                    "grad_norm": float(latest["grad_norm"]),
-                    "skipped": int(latest["skipped"]),
-                    "img_per_s": img_per_s,
-                    **{key: float(latest[key]) for key in EXTRA_METRICS if key in latest},
-                    **utilization(flops_per_image, img_per_s, jax.device_count(), peak_flops),
-                }
-                metrics_log.write(record)
-                progress.set_postfix(loss="-" if record["loss"] is None else f"{record['loss']:.4f}",
-                                     skipped=record["skipped"])
-                timed_steps, window_start = 0, now
-            if previews is not None and (step % train_config.sample_every == 0 or step == train_config.num_steps):
-                grid = previews(step, {**state.ema_params, **state.frozen_params})
-                metrics_log.tensorboard.image(step, "samples", grid)
-                window_start = time.perf_counter()  # sampling time is not training time
-            if window.diverged:
-                stop_reason = "diverged"
-                break
-            # Never checkpoint a non-finite step: the newest checkpoint stays the last good one.
-            preempted = preemption_agreed(preemption.received is not None, synced)
-            if (checkpoint_due and latest["finite"]) or preempted:
-                checkpointer.save(step, state, pipeline.get_state(), config)
-                last_checkpoint = step
-            if preempted:
-                stop_reason = "preempted"
-                break
-            profiler.after_step(step, state)
-        profiler.stop(state)  # when the loop ended inside the window
-    progress.close()
-    metrics_log.close()
-    checkpointer.wait()
+                log_due = step % train_config.log_every == 0 or step == train_config.num_steps
+                checkpoint_due = step % train_config.checkpoint_every == 0 or step == train_config.num_steps
+                synced = log_due or checkpoint_due or window.fetch_due()
+                if synced:  # the one device-to-host transfer: every step's metrics since the last one
+                    latest = window.fetch()
+                if log_due:
+                    now = time.perf_counter()
+                    img_per_s = timed_steps * train_config.batch_size / (now - window_start) if timed_steps else None
+                    record = {
+                        "step": step,
+                        "loss": window.take_mean_loss(),  # of the finite losses since the last log
+                        "lr": float(latest["lr"]),
+                        "grad_norm": float(latest["grad_norm"]),
+                        "skipped": int(latest["skipped"]),
+                        "img_per_s": img_per_s,
+                        **{key: float(latest[key]) for key in EXTRA_METRICS if key in latest},
+                        **utilization(flops_per_image, img_per_s, jax.device_count(), peak_flops),
+                    }
+                    metrics_log.write(record)
+                    progress.set_postfix(loss="-" if record["loss"] is None else f"{record['loss']:.4f}",
+                                         skipped=record["skipped"])
+                    timed_steps, window_start = 0, now
+                if previews is not None and (step % train_config.sample_every == 0 or step == train_config.num_steps):
+                    grid = previews(step, {**state.ema_params, **state.frozen_params})
+                    metrics_log.tensorboard.image(step, "samples", grid)
+                    window_start = time.perf_counter()  # sampling time is not training time
+                if window.diverged:
+                    stop_reason = "diverged"
+                    break
+                # Never checkpoint a non-finite step: the newest checkpoint stays the last good one.
+                preempted = preemption_agreed(preemption.received is not None, synced)
+                if (checkpoint_due and latest["finite"]) or preempted:
+                    checkpointer.save(step, state, pipeline.get_state(), config)
+                    last_checkpoint = step
+                if preempted:
+                    stop_reason = "preempted"
+                    break
+                profiler.after_step(step, state)
+            profiler.stop(state)  # when the loop ended inside the window
+        progress.close()
+        metrics_log.close()
+        checkpointer.wait()
+    except CheckpointSaveError as error:  # orbax's threads stay blocked: train.py exits at once
+        progress.close()
+        metrics_log.close()
+        written = checkpointer.latest_step()
+        raise CheckpointSaveError(f"{error}; the last checkpoint is step {written}: the {step - (written or 0)} "
+                                  f"steps since it are lost") from error
     checkpointer.close()
     if stop_reason == "diverged" and is_main_process():
-        tqdm.write(f"stopped: {window.consecutive_nan} non-finite losses in a row; the last good checkpoint is step "
+        tqdm.write(f"stopped: {window.consecutive_nan} skipped steps in a row (a non-finite loss or gradient, or an "
+                   f"update larger than train.max_update_ratio x the weights); the last good checkpoint is step "
                    f"{last_checkpoint} in {workdir / CHECKPOINT_DIR}")
     return TrainResult(state=state, stop_reason=stop_reason, last_checkpoint=last_checkpoint)
 

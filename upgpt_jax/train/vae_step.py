@@ -36,7 +36,7 @@ from upgpt_jax.models.upgpt import UPGPT
 from upgpt_jax.models.vae import DiagonalGaussian
 from upgpt_jax.sharding import batch_sharding, on_mesh
 from upgpt_jax.train.optimizer import current_learning_rate
-from upgpt_jax.train.state import TrainState, apply_gradients, replicated
+from upgpt_jax.train.state import MAX_UPDATE_RATIO, TrainState, apply_gradients, replicated
 
 VaeTrainStep = Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
 
@@ -98,6 +98,7 @@ def make_vae_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimiz
     lpips_weight = float(settings.lpips_weight) if lpips is not None else 0.0
     lpips_net, lpips_params = (lpips[0].net, jax.device_put(lpips[1], replicated(mesh))) if lpips else ("vgg", None)
     ema_decay = float(config.train.ema_decay)
+    max_update_ratio = float(config.train.get("max_update_ratio", MAX_UPDATE_RATIO))
     grad_accum_steps = int(config.train.grad_accum_steps)
 
     def step(state: TrainState, images: jax.Array, lpips_params: Any) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -108,7 +109,8 @@ def make_vae_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimiz
                             lpips_weight=lpips_weight, lpips_params=lpips_params, lpips_net=lpips_net)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        new_state, finite, grad_norm = apply_gradients(state, grads, loss, rng, optimizer, ema_decay)
+        new_state, finite, grad_norm = apply_gradients(state, grads, loss, rng, optimizer, ema_decay,
+                                                         max_update_ratio)
         metrics.update(
             grad_norm=grad_norm,
             lr=current_learning_rate(config.optim, state.opt_state, grad_accum_steps),
