@@ -56,6 +56,8 @@ def test_bad_inputs_raise_one_line_errors_naming_the_input(service, tmp_path):
         assert expected in error_line(error.value) and "\n" not in error_line(error.value)
     with pytest.raises(pipeline.ConditionError, match="seed: expected a whole number"):
         requests.generate_request("a person", "example:1", [], 1, None)
+    with pytest.raises(pipeline.ConditionError, match="guidance text: expected a number"):
+        requests.real_number(None, "guidance text")
     with pytest.raises(pipeline.ConditionError, match="pick a pose"):
         requests.pose_spec(None, None, {}, "pose")
 

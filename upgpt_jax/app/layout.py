@@ -173,11 +173,12 @@ def _wire(service: SamplingService, button: gr.Button, inputs: Values, settings:
         values = dict(zip(names, arguments))
         try:
             request = build(values)
-            settings = service.settings(values["method"], requests.whole_number(values["num_steps"], "steps"),
-                                        {name: values[f"guidance_{name}"] for name in GUIDANCE_ORDER})
-            if not service.is_compiled(settings):
+            sampling = service.settings(values["method"], requests.whole_number(values["num_steps"], "steps"),
+                                        {name: requests.real_number(values[f"guidance_{name}"], f"guidance {name}")
+                                         for name in GUIDANCE_ORDER})
+            if not service.is_compiled(sampling):
                 yield ("Compiling the sampler for these settings (once per setting), then sampling…", *blank)
-            result = service.run(request, settings)
+            result = service.run(request, sampling)
         except (ValueError, FileNotFoundError) as error:  # ConditionError is a ValueError
             yield (error_line(error), *blank)
             return

@@ -22,6 +22,15 @@ def whole_number(value: Any, field: str) -> int:
     return int(float(value))
 
 
+def real_number(value: Any, field: str) -> float:
+    """A page number field as a float (an emptied field arrives as None)."""
+    if value is None or value == "":
+        from upgpt_jax.pipeline import ConditionError
+
+        raise ConditionError(f"{field}: expected a number, got {value!r}")
+    return float(value)
+
+
 def pose_spec(choice: str | None, upload: str | None, gallery: Mapping[str, Any], field: str) -> Any:
     """The SMPL spec of a pose picker: the uploaded file if any, else the gallery pose `choice`."""
     if upload:
