@@ -8,13 +8,14 @@ Launch (every host of the slice runs the same command; features precomputed once
 Check the plan on any host, ahead of time (pip install -e ".[tpu]"):
   python -m upgpt_jax.aot --config configs/pods/upgpt_256_v5e.py
 
-AOT figures (python -m upgpt_jax.aot on a 2-core CPU host, libtpu 0.0.42.1; roofline times are
-estimates; compiled before the upsampler's activation constraint, see benchmarks/RESULTS.md): 14.46 GiB of 16 per chip (0.64 arguments, 13.82
-temporaries), XLA 6.18 TFLOP and 159.3 GB per chip per step, roofline 0.195 s (memory-bound):
-164 img/s per chip, MFU 17.0%. 100.8 of those 159 GB were all-gathers of the upsampled
-activations; `Upsample` now constrains them to stay batch-sharded (models/layers.py), a fix whose
-effect at full size is not measured yet. Data-parallel
-(fsdp=1, per-chip batch 16) fits in 10.72 GiB at 150 img/s per chip (MFU 15.5%).
+AOT figures (python -m upgpt_jax.aot on a 2-core CPU host, libtpu 0.0.42.1, 2026-12-07; roofline
+times are estimates, see benchmarks/RESULTS.md): 6.00 GiB of 16 per chip (0.64 arguments, 5.35
+temporaries); per chip per step XLA counts 6.00 TFLOP and 104.4 GB accessed, of which 30.7 GB are
+HBM traffic in the scheduled program. Roofline 0.127 s on XLA's bytes (251 img/s per chip, MFU
+25.9%) or 0.038 s on the HBM traffic (853 img/s per chip, MFU 88%, 33 ms of it compute): both
+memory-bound. All-gathers 7.2 GB (weights), gradient all-reduces 0.95 GB. Before the flash
+attention kernel: 8.41 GiB, 126.7 GB (52.1 GB HBM traffic), MFU 21.4% / 52%; before the upsampler's activation
+constraint: 14.46 GiB, 159.3 GB (100.8 GB of all-gathered activations), MFU 17.0%.
 """
 import ml_collections
 
