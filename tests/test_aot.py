@@ -129,6 +129,33 @@ ENTRY %main (a: bf16[8,85], b: f32[4,64]) -> (bf16[32,85], f32[4,64]) {
 """
 
 
+# TPU's reduce-scatter: an all-reduce of the full buffer in an "all-reduce-scatter" fusion, which
+# returns each chip's slice.
+REDUCE_SCATTER_HLO = """
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %sum = f32[] add(%x, %y)
+}
+
+%all-reduce-scatter.7 (input_0: bf16[64,32]) -> bf16[16,32] {
+  %input_0 = bf16[64,32]{1,0} parameter(0)
+  %all-reduce.3 = bf16[64,32]{1,0} all-reduce(%input_0), channel_id=4, replica_groups={{0,1,2,3}}, to_apply=%add
+  ROOT %dynamic-slice.1 = bf16[16,32]{1,0} dynamic-slice(%all-reduce.3), dynamic_slice_sizes={16,32}
+}
+
+ENTRY %main (g: bf16[64,32]) -> bf16[16,32] {
+  %g = bf16[64,32]{1,0} parameter(0)
+  ROOT %fusion.43 = bf16[16,32]{1,0} fusion(%g), kind=kCustom, calls=%all-reduce-scatter.7
+}
+"""
+
+
+def test_tpu_all_reduce_scatter_fusion_is_a_reduce_scatter():
+    summary = hlo.summarize(hlo.collectives(REDUCE_SCATTER_HLO))
+    assert summary == {"reduce-scatter": dict(count=1, bytes=2 * 64 * 32, asynchronous=0, overlapped=0)}
+
+
 def test_compute_fused_into_a_collective_counts_as_its_model_part():
     parts = hlo.traffic_by_part(FUSED_HLO)
     # Reads f32[4,64] (the on-chip bf16 operand is free), writes bf16[32,85] and f32[4,64].

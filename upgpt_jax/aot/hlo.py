@@ -109,7 +109,10 @@ def collectives(hlo_text: str | tuple[str, dict[str, list[Instruction]]]) -> lis
     """Every collective the program runs, with its bytes, execution count and overlap. Takes the HLO
     text or its `parse_computations`."""
     entry, computations = parse_computations(hlo_text) if isinstance(hlo_text, str) else hlo_text
-    inner = {name: [(kind, type_bytes(inside.type)) for inside in body if (kind := _base_kind(inside.opcode))]
+    # TPU runs a reduce-scatter as an all-reduce inside a fusion of a computation it names
+    # "all-reduce-scatter" (each chip keeps its slice of the sum): count it as the reduce-scatter it is.
+    inner = {name: [("reduce-scatter" if kind == "all-reduce" and name.startswith("all-reduce-scatter") else kind,
+                     type_bytes(inside.type)) for inside in body if (kind := _base_kind(inside.opcode))]
              for name, body in computations.items()}
     starts_async = {name: any('custom_call_target="AsyncCollectiveStart"' in inside.attributes for inside in body)
                     for name, body in computations.items()}
