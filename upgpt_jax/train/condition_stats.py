@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from upgpt_jax.data.pipeline import make_global_batch
 from upgpt_jax.distributed import compile_then_meet, host_to_global, is_main_process
+from upgpt_jax.phases import phase
 from upgpt_jax.train.data import training_pipeline
 
 PART = "condition_stats"
@@ -93,7 +94,9 @@ def with_condition_stats(state: Any, parts: Any, config: ml_collections.ConfigDi
     standardizes its conditions; `state` itself otherwise."""
     if PART not in state.frozen_params:
         return state
-    stats = measure_condition_stats(config, parts, state.frozen_params)
+    with phase(f"condition statistics (model.standardize_conditions): CLIP embeddings of "
+               f"{int(config.model.condition_stats_examples)} training examples", enabled=is_main_process()):
+        stats = measure_condition_stats(config, parts, state.frozen_params)
     shardings = parts.shardings.frozen_params[PART]
     placed = {name: host_to_global(stats[name], shardings[name]) for name in shardings}
     return state.replace(frozen_params={**state.frozen_params, PART: placed})

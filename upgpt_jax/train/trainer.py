@@ -42,6 +42,7 @@ from upgpt_jax.models.clip import clip_from_config
 from upgpt_jax.models.upgpt import UPGPT, build_model
 from upgpt_jax.pipeline.loading import load_vae
 from upgpt_jax import storage
+from upgpt_jax.phases import phase
 from upgpt_jax.sharding import make_mesh, weight_shardings
 from upgpt_jax.train.checkpointing import Checkpointer, CheckpointSaveError, PreemptionSignal
 from upgpt_jax.train.config_checks import check_training_config
@@ -52,6 +53,7 @@ from upgpt_jax.train.metrics_log import METRICS_FILE, TENSORBOARD_DIR, MetricsLo
 from upgpt_jax.train.metrics_window import MetricsWindow
 from upgpt_jax.train.optimizer import make_optimizer
 from upgpt_jax.train.previews import SamplePreviews
+from upgpt_jax.train.progress import TrainProgress
 from upgpt_jax.train.profiling import PROFILE_DIR, StepProfiler, parse_profile_steps
 from upgpt_jax.train.state import TrainState, abstract_state, make_init_fn, with_shardings
 from upgpt_jax.train.workdir_hold import hold_workdir
@@ -149,16 +151,19 @@ def _train(config: ml_collections.ConfigDict, workdir: storage.AnyPath, profile_
     train_config = config.train
     checkpointer = Checkpointer(workdir / CHECKPOINT_DIR, train_config.keep_checkpoints)
     checkpointer.set_aside_incomplete()  # before the newest checkpoint's config is read
-    config = resolve_scale_factor(config, workdir, resumed=checkpointer.latest_step() is not None)
-    parts = compiled_for(config)
-    mesh = parts.mesh
-    pipeline = training_pipeline(config)
-    restored = checkpointer.restore_latest(with_shardings(parts.abstract, parts.shardings))
+    with phase("set-up: model, data, restore or init", enabled=is_main_process()):
+        config = resolve_scale_factor(config, workdir, resumed=checkpointer.latest_step() is not None)
+        parts = compiled_for(config)
+        mesh = parts.mesh
+        pipeline = training_pipeline(config)
+        restored = checkpointer.restore_latest(with_shardings(parts.abstract, parts.shardings))
+        if restored is None:
+            state, last_checkpoint = initial_state(parts, train_config), None
+        else:
+            last_checkpoint, state, data_state = restored
+            pipeline.set_state(data_state)
     if restored is None:
-        state, last_checkpoint = with_condition_stats(initial_state(parts, train_config), parts, config), None
-    else:
-        last_checkpoint, state, data_state = restored
-        pipeline.set_state(data_state)
+        state = with_condition_stats(state, parts, config)
     start_step = int(state.step)
     metrics_log = MetricsLog(workdir, start_step)
     previews = None
@@ -170,27 +175,25 @@ def _train(config: ml_collections.ConfigDict, workdir: storage.AnyPath, profile_
 
     stop_reason, window = "done", MetricsWindow(train_config.max_consecutive_nan)
     timed_steps, window_start, latest = 0, None, None
-    progress = tqdm(total=train_config.num_steps, initial=start_step, desc="train", unit="step",
-                    disable=not is_main_process(), dynamic_ncols=True)
+    progress = TrainProgress(train_config.num_steps, start_step, started, enabled=is_main_process())
     step = start_step
     try:
         with PreemptionSignal() as preemption, pipeline, StepProfiler(profile_steps, workdir / PROFILE_DIR) as profiler:
             for step in range(start_step + 1, train_config.num_steps + 1):
                 # Only dispatch: the device runs the step while the host goes on. Reading a device value
                 # here would wait for it; JAX raises on GPU/TPU (a CPU "device" is host memory: no guard).
+                if window_start is None:
+                    progress.compiling(step)
                 with jax.transfer_guard_device_to_host("disallow"), profiler.step(step):
                     features = step_features(parts, config, next(pipeline), state, step, first=window_start is None)
                     if window_start is None:
                         compile_then_meet(parts.train_step, f"train step {step}", state, features)
                     state, metrics = parts.train_step(state, features)
                     window.add(metrics)
-                    progress.update(1)
-                if window_start is None:  # img/s is timed from the end of the first (compiling) step
+                if window_start is None:  # img/s and the ETA are timed from the end of the first (compiling) step
                     jax.block_until_ready(metrics)
                     window_start = time.perf_counter()
-                    if is_main_process():
-                        tqdm.write(f"first step {step} done {window_start - started:.1f} s after start (set-up, "
-                                   f"restore or init, compilation)")
+                    progress.compiled(step)
                 else:
                     timed_steps += 1
 
@@ -213,13 +216,14 @@ def _train(config: ml_collections.ConfigDict, workdir: storage.AnyPath, profile_
                         **utilization(flops_per_image, img_per_s, jax.device_count(), peak_flops),
                     }
                     metrics_log.write(record)
-                    progress.set_postfix(loss="-" if record["loss"] is None else f"{record['loss']:.4f}",
-                                         skipped=record["skipped"])
+                    progress.show(loss="-" if record["loss"] is None else f"{record['loss']:.4f}",
+                                  skipped=str(record["skipped"]))
                     timed_steps, window_start = 0, now
                 if previews is not None and (step % train_config.sample_every == 0 or step == train_config.num_steps):
                     grid = previews(step, {**state.ema_params, **state.frozen_params})
                     metrics_log.tensorboard.image(step, "samples", grid)
                     window_start = time.perf_counter()  # sampling time is not training time
+                progress.step_done(step)
                 if window.diverged:
                     stop_reason = "diverged"
                     break
