@@ -9,10 +9,13 @@
   python sample.py --params weights/upgpt_256 --config configs/upgpt_256.py --task ... --out OUT
 
 With no condition flags, each task takes its conditions from the test split of the run's dataset
-(unseen identities). Each request writes OUT/<name>/: sample_*.png, grid.png, samples.json (seed,
-sampling settings, checkpoint, config, conditions) and, for interpolate, animation.gif (+ .mp4
-with imageio-ffmpeg). The sampler (--method/--num_steps/--eta/--guidance) defaults to the config's
-`sampling` section; --released_no_guidance runs the released code's unguided sampling.
+(unseen identities). A single request (the flags) writes into OUT itself, or OUT/<name>/ with
+--name; each request of a --requests file writes OUT/<name>/ (default name: NNN_<task>). The
+files: sample_*.png, grid.png, samples.json (seed, sampling settings, checkpoint, config,
+conditions, and the inputs chosen by default, e.g. interpolation's poses, under "notes") and, for
+interpolate, animation.gif (+ .mp4 with imageio-ffmpeg). The sampler
+(--method/--num_steps/--eta/--guidance) defaults to the config's `sampling` section;
+--released_no_guidance runs the released code's unguided sampling.
 """
 import json
 
@@ -27,7 +30,7 @@ define_sampler_flags()
 flags.DEFINE_string("out", None, "Output folder.")
 flags.DEFINE_enum("task", "generate", ["generate", "pose_transfer", "edit", "interpolate"], "The task.")
 flags.DEFINE_string("requests", None, "A JSONL file of requests (run as one batch job).")
-flags.DEFINE_string("name", None, "Output subfolder name of a single request.")
+flags.DEFINE_string("name", None, "A single request's name: it writes into OUT/<name>/ instead of OUT.")
 flags.DEFINE_integer("seed", None, "Noise seed of the (first) sample.")
 flags.DEFINE_integer("num", None, "generate/pose_transfer: number of samples.")
 flags.DEFINE_integer("example", None, "Dataset test example whose conditions to use.")
@@ -97,6 +100,7 @@ def main(argv: list[str]) -> None:
     check_model_flags()
     from upgpt_jax.compilation_cache import enable_compilation_cache
     from upgpt_jax import pipeline, storage
+    from upgpt_jax.phases import phase
 
     overrides = sampler_overrides()
     enable_compilation_cache()
@@ -106,19 +110,24 @@ def main(argv: list[str]) -> None:
         jobs = pipeline.plan_requests(config, requests, flags.FLAGS.smpl_model_dir)
     except (pipeline.ConditionError, FileNotFoundError) as error:
         fail(str(error))
+    for job in jobs:
+        for key, value in job.notes.items():
+            print(f"{job.name}: {key} = {value}")
     try:  # before the samples are computed: they would be lost
         storage.check_writable(flags.FLAGS.out)
     except OSError as error:
         raise BadInput(f"--out {flags.FLAGS.out} cannot be written ({type(error).__name__}: {error})") from None
-    if flags.FLAGS.workdir:
-        loaded = pipeline.load_from_workdir(flags.FLAGS.workdir, flags.FLAGS.step, flags.FLAGS.weights)
-    else:
-        loaded = pipeline.load_from_params(flags.FLAGS.params, flags.FLAGS.config)
+    with phase("load the model"):
+        if flags.FLAGS.workdir:
+            loaded = pipeline.load_from_workdir(flags.FLAGS.workdir, flags.FLAGS.step, flags.FLAGS.weights)
+        else:
+            loaded = pipeline.load_from_params(flags.FLAGS.params, flags.FLAGS.config)
     if flags.FLAGS.released_no_guidance:
         overrides["guidance"] = {name: 1.0 for name in loaded.config.sampling.guidance}
     settings = pipeline.SamplingSettings.from_config(loaded.config.sampling, batch_size=flags.FLAGS.batch_size,
                                                      **overrides)
-    folders = pipeline.run_jobs(loaded, jobs, flags.FLAGS.out, settings)
+    subfolders = bool(flags.FLAGS.requests or flags.FLAGS.name)
+    folders = pipeline.run_jobs(loaded, jobs, flags.FLAGS.out, settings, subfolders=subfolders)
     for folder in folders:
         print(folder)
 

@@ -4,8 +4,11 @@ What is checked here is the protocol's wiring: which images it samples for each 
 it compares them with. The metrics themselves are checked against independent references in
 test_synthetic_metrics.py, test_image_metrics.py and test_guidance.py.
 """
+import contextlib
 import dataclasses
+import io
 import json
+import re
 import subprocess
 import sys
 
@@ -33,10 +36,27 @@ SAMPLING = {"num_steps": 2, "guidance": {"pose": 1.0, "style": 1.0, "text": 2.0}
 
 
 @pytest.fixture(scope="module")
-def result(checkpointed_run, tmp_path_factory):
+def evaluated(checkpointed_run, tmp_path_factory):
+    """(the protocol's result, what it wrote to the console: bars on stderr, phase lines on stdout)."""
     options = EvalOptions(out_dir=str(tmp_path_factory.mktemp("eval")), workdir=str(checkpointed_run),
                           num_examples=NUM_EXAMPLES, batch_size=NUM_EXAMPLES, sampling=SAMPLING)
-    return load_protocols()["synthetic"](options)
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+        return load_protocols()["synthetic"](options), console.getvalue()
+
+
+@pytest.fixture(scope="module")
+def result(evaluated):
+    return evaluated[0]
+
+
+def test_the_console_names_each_variant_and_times_the_scoring(evaluated):
+    console = evaluated[1]
+    for variant in VARIANTS:
+        assert f"sample {variant} (compiling the sampler)" in console  # one bar per variant, named
+        assert re.search(rf"score {variant} \(.*\): \d+\.\d s", console)
+    for phase in ("load the model", "autoencoder: reconstruct and score", "denoiser sensitivity", "interpolation:"):
+        assert re.search(rf"{phase}.*: \d+\.\d s", console), phase
 
 
 def test_every_variant_is_scored_per_example(result):
@@ -69,7 +89,7 @@ def test_samples_are_the_pairs_targets_with_the_variant_conditions(result, check
     assert len(result.worst) == NUM_EXAMPLES
     settings = pipeline.SamplingSettings.from_config(loaded.config.sampling, batch_size=NUM_EXAMPLES, **SAMPLING)
     for label, images in result.worst:
-        index = int(label.split(":")[0])
+        index = int(label.split()[1])  # "example 13\npose_transfer\nSSIM 0.42"
         source, truth, reconstruction, *samples = images
         by_variant = dict(zip(VARIANTS, samples))
         np.testing.assert_array_equal(source, examples.image(index, "source"))
@@ -112,7 +132,7 @@ def test_autoencoder_ceiling_scores_the_vae_reconstructions_of_the_targets(resul
     truth = np.stack([examples.image(index) for index in range(NUM_EXAMPLES)])
     expected = vae_reconstructions_uint8(loaded.model, loaded.params, truth)
     for label, images in result.worst:
-        index = int(label.split(":")[0])
+        index = int(label.split()[1])  # "example 13\npose_transfer\nSSIM 0.42"
         assert np.abs(images[2].astype(int) - expected[index]).max() <= 1  # float rounding at .5
     scores = pose_transfer_scores(expected, truth)
     masks = np.stack([examples.person(index).mask for index in range(NUM_EXAMPLES)])
@@ -164,6 +184,7 @@ def test_eval_cli_writes_the_table_json_and_worst_cases(checkpointed_run, tmp_pa
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "pose_transfer/silhouette_iou" in result.stdout and "text_pose" not in result.stdout
+    assert "sample pose_transfer" in result.stderr and "score pose_transfer" in result.stdout
     record = json.loads((out / "metrics.json").read_text())
     assert record["protocol"] == "synthetic" and record["details"]["num_examples"] == 1
     assert (out / "worst.png").is_file()

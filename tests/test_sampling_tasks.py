@@ -128,6 +128,8 @@ def test_interpolation_endpoints_are_the_input_poses(outputs, loaded):
     np.testing.assert_allclose(np.stack([p.smpl for p in job.people]), interpolate_smpl(start, end, 4, "slerp"),
                                atol=1e-6)
     assert len({seed for seed in job.seeds}) == 1  # one noise for every frame
+    assert record["notes"] == {"start_smpl": "example:3:source (test example 3's source pose: no start_smpl given)",
+                               "end_smpl": "example:3 (test example 3's target pose: no end_smpl given)"}
 
 
 @pytest.mark.parametrize("request_, message", [
@@ -162,3 +164,19 @@ def test_sample_cli_reports_bad_input_without_traceback(checkpointed_run, tmp_pa
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "nope.npz does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_single_request_writes_into_out_and_shows_its_progress_and_default_poses(checkpointed_run, tmp_path):
+    """sample.py with task flags (no --requests) writes OUT/grid.png etc. (no OUT/000_<task>/), names the
+    poses it chose and shows a sampling bar that says its first batch compiles."""
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "sample.py", "--workdir", str(checkpointed_run), "--task", "interpolate", "--frames", "2",
+         "--num_steps", "2", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"grid.png", "samples.json", "sample_000.png", "sample_001.png", "animation.gif"} <= {
+        path.name for path in out.iterdir()}
+    assert not any(path.is_dir() for path in out.iterdir())
+    assert "000_interpolate: start_smpl = example:0:source (test example 0's source pose" in result.stdout
+    assert "sample (compiling the sampler)" in result.stderr and "load the model: " in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == str(out)

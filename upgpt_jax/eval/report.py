@@ -1,13 +1,16 @@
-"""An EvalResult -> a printed table, OUT/metrics.json and OUT/worst.png (the worst cases, labelled)."""
+"""An EvalResult -> a printed table, OUT/metrics.json and OUT/worst.png (the worst cases, with column
+headers and row labels)."""
 from __future__ import annotations
 
 import json
 import pathlib
+
 import numpy as np
 
 from upgpt_jax import storage
 from upgpt_jax.eval.protocols import EvalResult
-from upgpt_jax.pipeline.outputs import image_grid, jsonable
+from upgpt_jax.pipeline.grid import image_grid
+from upgpt_jax.pipeline.outputs import jsonable
 
 
 def format_table(result: EvalResult) -> str:
@@ -32,13 +35,19 @@ def write_report(result: EvalResult, out_dir: str | pathlib.Path) -> dict[str, s
               "per_example": result.per_example}
     written["json"].write_text(json.dumps(record, indent=2, default=jsonable) + "\n")
     if result.worst:
-        columns = max(len(images) for _, images in result.worst)
-        cells, labels = [], []
-        for label, images in result.worst:
-            blank = np.full_like(images[0], 255)
-            cells += list(images) + [blank] * (columns - len(images))
-            labels += [label] + [""] * (columns - 1)
         written["worst"] = out / "worst.png"
-        storage.save_image(image_grid(cells, labels, columns), written["worst"])
+        storage.save_image(worst_grid(result), written["worst"])
     return written
 
+
+def worst_grid(result: EvalResult) -> np.ndarray:
+    """The worst cases as a table: one row per example (its label, which names the metric, on the
+    left), the protocol's column names above the first row (as a legend where they do not fit)."""
+    columns = max(len(images) for _, images in result.worst)
+    cells = []
+    for _, images in result.worst:
+        cells += list(images) + [np.full_like(images[0], 255)] * (columns - len(images))
+    headers = None
+    if result.worst_columns:
+        headers = (list(result.worst_columns) + [""] * columns)[:columns] + [""] * (len(cells) - columns)
+    return image_grid(cells, headers, columns, row_labels=[label for label, _ in result.worst])

@@ -5,47 +5,24 @@ from __future__ import annotations
 import importlib.util
 import json
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from upgpt_jax import storage
+from upgpt_jax.pipeline.grid import image_grid
 from upgpt_jax.pipeline.tasks import Job
-
-_LABEL_HEIGHT = 12
-
-
-def image_grid(images: Sequence[np.ndarray], labels: Sequence[str] | None = None, columns: int | None = None,
-               pad: int = 2) -> np.ndarray:
-    """uint8 (H', W', 3): images of one size in rows of `columns`, each with its label above."""
-    images = [np.asarray(image) for image in images]
-    height, width = images[0].shape[:2]
-    columns = columns or len(images)
-    rows = -(-len(images) // columns)
-    label_height = _LABEL_HEIGHT if labels else 0
-    cell_h, cell_w = height + label_height + pad, width + pad
-    canvas = Image.new("RGB", (columns * cell_w + pad, rows * cell_h + pad), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for index, image in enumerate(images):
-        left, top = pad + (index % columns) * cell_w, pad + (index // columns) * cell_h
-        canvas.paste(Image.fromarray(image), (left, top + label_height))
-        if labels:
-            draw.text((left, top), _fit(labels[index], width), fill=(0, 0, 0))
-    return np.asarray(canvas)
-
-
-def _fit(label: str, width: int) -> str:
-    """Truncate to about the characters the default bitmap font (6 px) fits in `width`."""
-    limit = max(1, width // 6)
-    return label if len(label) <= limit else label[: limit - 1] + "~"
 
 
 def write_job(out_dir: str | pathlib.Path, job: Job, images: np.ndarray,
-              metadata: Mapping[str, Any]) -> storage.AnyPath:
-    """Write `job`'s samples under out_dir/<job.name>/ (a local folder or a gs:// URL) and return that folder."""
-    folder = storage.path(out_dir) / job.name  # plan() keeps job.name to one path component
+              metadata: Mapping[str, Any], subfolder: bool = True) -> storage.AnyPath:
+    """Write `job`'s samples under out_dir/<job.name>/ (a local folder or a gs:// URL), or with
+    `subfolder=False` into out_dir itself (sample.py's single request), and return that folder."""
+    folder = storage.path(out_dir)
+    if subfolder:
+        folder = folder / job.name  # plan() keeps job.name to one path component
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for index, image in enumerate(images):
@@ -63,7 +40,7 @@ def write_job(out_dir: str | pathlib.Path, job: Job, images: np.ndarray,
     for label, stack in job.references.items():
         for index, image in enumerate(stack):
             storage.save_image(image, folder / f"{label.replace(' ', '_')}_{index:03d}.png")
-    record = dict(metadata, task=job.task, name=job.name, request=job.request, files=files, samples=[
+    record = dict(metadata, task=job.task, name=job.name, request=job.request, notes=job.notes, files=files, samples=[
         dict(file=file, seed=seed, label=label, conditions=person.describe())
         for file, seed, label, person in zip(files, job.seeds, job.labels, job.people)])
     (folder / "samples.json").write_text(json.dumps(record, indent=2, default=jsonable) + "\n")

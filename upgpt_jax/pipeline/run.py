@@ -28,13 +28,16 @@ def plan_requests(config: Any, requests: Sequence[Mapping[str, Any]], smpl_model
 
 
 def run_jobs(loaded: LoadedModel, jobs: Sequence[Job], out_dir: str | pathlib.Path,
-             settings: SamplingSettings | None = None, progress: bool = True) -> list[storage.AnyPath]:
+             settings: SamplingSettings | None = None, progress: bool = True,
+             subfolders: bool = True) -> list[storage.AnyPath]:
     """Sample all jobs together, in full sharded batches, and write each one's folder under `out_dir`
-    (a local folder or a gs:// URL)."""
+    (a local folder or a gs:// URL); `subfolders=False` writes a single job into `out_dir` itself."""
+    if not subfolders and len(jobs) != 1:
+        raise ValueError(f"subfolders=False writes one job into {out_dir}, got {len(jobs)} jobs")
     settings = settings or SamplingSettings.from_config(loaded.config.sampling)
     images = sample_jobs(Sampler(loaded, settings), jobs, progress)
     metadata = dict(checkpoint=loaded.source, sampling=dataclasses.asdict(settings), config=loaded.config.to_dict())
-    return [write_job(out_dir, job, job_images, metadata) for job, job_images in zip(jobs, images)]
+    return [write_job(out_dir, job, job_images, metadata, subfolders) for job, job_images in zip(jobs, images)]
 
 
 def run_requests(loaded: LoadedModel, requests: Sequence[Mapping[str, Any]], out_dir: str | pathlib.Path,

@@ -109,11 +109,13 @@ class Sampler:
         # Built once per Sampler: keep the Sampler to reuse the compiled function.
         self._run = jitted_sampler(loaded.model, loaded.clip, loaded.config.diffusion, settings, loaded.mesh,
                                    loaded.config.axis_rules)
+        self._compiled = False  # until its first batch has run
 
     def __call__(self, people: Sequence[Person], seeds: Sequence[int], progress: bool = False,
-                 params: Any = None) -> np.ndarray:
+                 params: Any = None, label: str = "sample") -> np.ndarray:
         """uint8 images (N, H, W, 3) for `people`, sample i from noise seed `seeds[i]`; `params`
-        replaces the loaded model's weights (e.g. a training run's current EMA)."""
+        replaces the loaded model's weights (e.g. a training run's current EMA). With `progress`, a
+        bar named `label` counts the batches and says when its first batch compiles the sampler."""
         params = self.loaded.params if params is None else params
         if len(seeds) != len(people):
             raise ValueError(f"{len(people)} people but {len(seeds)} seeds")
@@ -122,13 +124,18 @@ class Sampler:
             return np.zeros((0, height, width, 3), np.uint8)
         images = []
         chunks = list(_chunks(len(people), self.batch_size))
-        for start, stop in tqdm(chunks, desc="sample", unit="batch", disable=not progress or len(chunks) < 2):
+        bar = tqdm(chunks, desc=label if self._compiled else f"{label} (compiling the sampler)", unit="batch",
+                   disable=not progress, dynamic_ncols=True)
+        for start, stop in bar:
             inputs = encode_conditions(self.loaded, people[start:stop])
             inputs["seeds"] = np.asarray(seeds[start:stop], np.uint32)
             padded = {key: pad_batch(value, self.batch_size) for key, value in inputs.items()}
             batch = host_to_global(padded, batch_sharding(self.loaded.mesh, self.loaded.config.axis_rules))
             out = self._run(params, self.loaded.clip_params, batch)
             images.append(np.asarray(jax.device_get(out))[: stop - start])
+            if not self._compiled:
+                self._compiled = True
+                bar.set_description(label, refresh=False)
         return np.concatenate(images)
 
 

@@ -59,6 +59,9 @@ class Job:
     labels: list[str]
     references: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # shown beside the samples
     request: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Inputs the planner chose because the request left them out (e.g. interpolation's poses), so the
+    # user reads which were used: sample.py prints them and samples.json records them.
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class TaskContext:
@@ -216,14 +219,17 @@ def _interpolate(context: TaskContext, request: dict, name: str, seed: int) -> J
         raise ConditionError(f"{name}: interpolation must be one of {METHODS}, got {method!r}")
     person, example = context.appearance(request, name)
     default_example = f"example:{example or 0}"
-    start = context.smpl(request.get("start_smpl") or default_example + ":source", name)
-    end = context.smpl(request.get("end_smpl") or default_example, name)
+    defaults = {"start_smpl": (f"{default_example}:source", f"test example {example or 0}'s source pose"),
+                "end_smpl": (default_example, f"test example {example or 0}'s target pose")}
+    notes = {key: f"{spec} ({meaning}: no {key} given)" for key, (spec, meaning) in defaults.items()
+             if not request.get(key)}
+    start, end = (context.smpl(request.get(key) or defaults[key][0], name) for key in ("start_smpl", "end_smpl"))
     poses = interpolate_smpl(start, end, frames, method)
     mannequin = _mannequin(context, example)
     origin = {**person.origin, "mask": silhouette_kind(context.smpl_model_dir)}
     people = [dataclasses.replace(person, smpl=pose.astype(np.float32), mask=context.mask({}, pose, mannequin),
                                   origin=origin) for pose in poses]
-    return Job(name, "interpolate", people, [seed] * frames, [f"frame {i}" for i in range(frames)])
+    return Job(name, "interpolate", people, [seed] * frames, [f"frame {i}" for i in range(frames)], notes=notes)
 
 
 def _mannequin(context: TaskContext, example: int | None) -> int | None:

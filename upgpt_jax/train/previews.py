@@ -19,7 +19,7 @@ from upgpt_jax import storage
 from upgpt_jax.distributed import is_main_process
 from upgpt_jax.models.upgpt import UPGPT
 from upgpt_jax.pipeline.loading import LoadedModel
-from upgpt_jax.pipeline.outputs import image_grid
+from upgpt_jax.pipeline.grid import image_grid
 from upgpt_jax.pipeline.sampler import Sampler, SamplingSettings
 from upgpt_jax.pipeline.sources import DatasetExamples
 from upgpt_jax.tokenizer import load_clip_tokenizer

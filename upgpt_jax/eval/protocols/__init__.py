@@ -44,8 +44,9 @@ class EvalResult:
     `metrics`: headline numbers, one table row each ("group/metric": value), e.g.
     {"generate/silhouette_iou": 0.91}; `per_example`: a list of values per metric (written to the
     JSON); `worst`: labelled image rows for the worst-case grid, each (label, [images...]) with
-    uint8 (H, W, 3) images (e.g. [ground truth, sample]); `details`: anything else JSON-able
-    (settings, checkpoint, counts).
+    uint8 (H, W, 3) images (e.g. [ground truth, sample]) and a label that names the example and
+    the metric it is worst in; `worst_columns`: what each column of those rows shows (the grid's
+    headers); `details`: anything else JSON-able (settings, checkpoint, counts).
     """
 
     protocol: str
@@ -53,6 +54,7 @@ class EvalResult:
     per_example: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     worst: list[tuple[str, list[np.ndarray]]] = dataclasses.field(default_factory=list)
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    worst_columns: list[str] = dataclasses.field(default_factory=list)
 
 
 Protocol = Callable[[EvalOptions], EvalResult]

@@ -213,7 +213,7 @@ def evaluate_deepfashion(options: EvalOptions, protocol: str) -> EvalResult:
     worst = _worst_rows(folder, dict(zip(names, pairs)), data_dir, image_size, crop, gt_dir, sample_dir)
     return EvalResult(protocol=protocol, metrics={f"{group}/{key}": value for key, value in folder.metrics.items()},
                       per_example={f"{group}/{key}": values.tolist() for key, values in folder.per_image.items()},
-                      worst=worst, details=details)
+                      worst=worst, details=details, worst_columns=["source", "ground truth", "sample"])
 
 
 def _worst_rows(folder: Any, pairs: dict[str, tuple[str, str]], data_dir: Path, image_size: tuple[int, int] | None,
@@ -225,7 +225,7 @@ def _worst_rows(folder: Any, pairs: dict[str, tuple[str, str]], data_dir: Path, 
         name = folder.names[index]
         source = _cropped(_read_image(data_dir, pairs[name][0], image_size), crop, f"source of {name}")
         images = [source, read_cropped(truths[name], crop), read_cropped(samples[name], crop)]
-        rows.append((f"{name} ssim={folder.per_image['ssim'][index]:.3f}", images))
+        rows.append((f"{name}\nSSIM {folder.per_image['ssim'][index]:.3f}", images))
     return rows
 
 

@@ -40,6 +40,7 @@ from upgpt_jax.eval.protocols import EvalOptions, EvalResult, ProtocolError, loa
 from upgpt_jax.eval.synthetic import (
     SCORED_PARTS, TargetLayout, identity_consistency, part_colour_accuracy, pose_transfer_scores, silhouette_iou,
     target_layout)
+from upgpt_jax.phases import phase
 
 DEFAULT_NUM_EXAMPLES = 64
 INTERPOLATION_PAIRS = 4
@@ -56,7 +57,8 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
         raise ProtocolError("--protocol=synthetic samples its own images from the model: drop --samples_dir")
     if options.workdir and _is_vae_stage_run(options):
         return _evaluate_autoencoder(options)
-    loaded = load_model(options)
+    with phase("load the model"):
+        loaded = load_model(options)
     config = loaded.config
     from upgpt_jax.pipeline import Sampler
 
@@ -80,28 +82,33 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
             drawn = [dataclasses.replace(person, mask=examples.person(index, "source").mask)
                      for index, person in enumerate(people)]
             colour_layouts = [_layout(examples.record(index), image_size, "source") for index in range(count)]
-        samples[variant] = sampler(drawn, seeds, progress=True)
-        _add_scores(variant, _scores(samples[variant], targets, lpips, colour_layouts), metrics, per_example)
+        samples[variant] = sampler(drawn, seeds, progress=True, label=f"sample {variant}")
+        with phase(f"score {variant} (SSIM/PSNR{'/LPIPS' if lpips else ''}, silhouette IoU, colours)"):
+            _add_scores(variant, _scores(samples[variant], targets, lpips, colour_layouts), metrics, per_example)
 
-    reconstructions = vae_reconstructions(loaded.model, loaded.params, truth, settings.batch_size, mesh, rules)
-    _add_scores("autoencoder", _scores(reconstructions, targets, lpips), metrics, per_example)
+    with phase(f"autoencoder: reconstruct and score the {count} targets"):
+        reconstructions = vae_reconstructions(loaded.model, loaded.params, truth, settings.batch_size, mesh, rules)
+        _add_scores("autoencoder", _scores(reconstructions, targets, lpips), metrics, per_example)
 
     if options.ablations:
-        sensitivity = denoiser_sensitivity(loaded, people, truth, options.seed, settings.batch_size)
+        with phase("denoiser sensitivity: noise error without each condition"):
+            sensitivity = denoiser_sensitivity(loaded, people, truth, options.seed, settings.batch_size)
         metrics.update({f"denoiser/{name}": value for name, value in sensitivity.items()})
 
-    consistency = _interpolation(samplers["pose_transfer"], examples, min(INTERPOLATION_PAIRS, count), image_size,
-                                 options.seed)
+    pairs = min(INTERPOLATION_PAIRS, count)
+    with phase(f"interpolation: {pairs} pose sweeps of {INTERPOLATION_FRAMES} frames, identity consistency"):
+        consistency = _interpolation(samplers["pose_transfer"], examples, pairs, image_size, options.seed)
     metrics.update({f"interpolation/{name}": value for name, value in consistency.items()})
 
     worst = np.argsort(per_example["pose_transfer/ssim"])[:WORST_CASES]
-    rows = [(f"{index}: {per_example['pose_transfer/ssim'][index]:.2f}",  # fits the 48 px label
+    rows = [(_worst_label(index, "pose_transfer", per_example),
              [examples.image(index, "source"), truth[index], reconstructions[index]]
              + [samples[variant][index] for variant in samples])
             for index in worst]
+    columns = ["source", "ground truth", "autoencoder"] + list(samples)
     details = {
         "num_examples": count, "split": "test", "seeds": [seeds[0], seeds[-1]],
-        "columns of worst.png": ["source", "ground truth", "autoencoder"] + list(samples),
+        "columns of worst.png": columns,
         "variants": {variant: {"dropped": list(dropped), "person_mask": f"{mask} pose"}
                      for variant, (dropped, mask) in variants.items()},
         "sampling": dataclasses.asdict(settings), "model": loaded.source,
@@ -109,7 +116,12 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
         "interpolation": {"pairs": min(INTERPOLATION_PAIRS, count), "frames": INTERPOLATION_FRAMES,
                           "method": "slerp"},
     }
-    return EvalResult("synthetic", metrics, per_example, rows, details)
+    return EvalResult("synthetic", metrics, per_example, rows, details, columns)
+
+
+def _worst_label(index: int, group: str, per_example: dict[str, list[float]]) -> str:
+    """worst.png's row label: the test example and the score that put it there."""
+    return f"example {index}\n{group}\nSSIM {per_example[f'{group}/ssim'][index]:.2f}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,12 +174,12 @@ def _evaluate_autoencoder(options: EvalOptions) -> EvalResult:
     lpips = _lpips(options.lpips_dir, mesh, rules)
     _add_scores("autoencoder", _scores(reconstructions, targets, lpips), metrics, per_example)
     worst = np.argsort(per_example["autoencoder/ssim"])[:WORST_CASES]
-    rows = [(f"{index}: {per_example['autoencoder/ssim'][index]:.2f}", [targets.truth[index], reconstructions[index]])
+    rows = [(_worst_label(index, "autoencoder", per_example), [targets.truth[index], reconstructions[index]])
             for index in worst]
-    details = {"num_examples": len(targets.people), "split": "test", "columns of worst.png": ["ground truth",
-               "autoencoder"], "model": {"workdir": str(options.workdir), "step": step, "weights": options.weights,
-                                        "stage": "vae"}}
-    return EvalResult("synthetic", metrics, per_example, rows, details)
+    columns = ["ground truth", "autoencoder"]
+    details = {"num_examples": len(targets.people), "split": "test", "columns of worst.png": columns,
+               "model": {"workdir": str(options.workdir), "step": step, "weights": options.weights, "stage": "vae"}}
+    return EvalResult("synthetic", metrics, per_example, rows, details, columns)
 
 
 def _add_scores(group: str, scores: dict[str, np.ndarray], metrics: dict[str, float],
