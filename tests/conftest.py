@@ -71,8 +71,9 @@ def checkpointed_run(tmp_path_factory, tiny_config, tiny_model):
     import numpy as np
     import optax
 
+    from upgpt_jax.rundir.shardings import FROZEN, TRAINABLE
     from upgpt_jax.train.checkpointing import Checkpointer
-    from upgpt_jax.train.state import FROZEN, TRAINABLE, TrainState
+    from upgpt_jax.train.state import TrainState
 
     params = scaled_random_params(tiny_model[1])
     trainable = {name: params[name] for name in TRAINABLE}

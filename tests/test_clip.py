@@ -13,7 +13,7 @@ import torch
 from flax import serialization
 from transformers import CLIPImageProcessor, CLIPModel, CLIPTextModel, FlaxCLIPModel
 
-from upgpt_jax.convert.torch_params import WeightConversionError
+from upgpt_jax.weights.torch_params import WeightConversionError
 from upgpt_jax.models import clip
 
 TINY = dict(

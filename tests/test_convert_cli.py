@@ -31,7 +31,7 @@ from ldm_fixtures import (
 from references import diffusers_unet, diffusers_vae, randomize_weights
 from upgpt_jax.convert.__main__ import main
 from upgpt_jax.convert.diffusers_folders import ConfigMismatchError, load_diffusers_unet
-from upgpt_jax.convert.params_io import WeightFileError, load_params
+from upgpt_jax.weights.params_io import WeightFileError, load_params
 
 OVERRIDES = [f"--config.model.{field}={value}" for field, value in CONFIG_OVERRIDES.items()]
 

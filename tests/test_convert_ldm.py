@@ -28,8 +28,8 @@ from ldm_fixtures import (
 from references import diffusers_unet, diffusers_vae, relative_error
 from upgpt_jax.config_base import released_config
 from upgpt_jax.convert import ldm as convert_ldm
-from upgpt_jax.convert.params_io import abstract_params, count_params
-from upgpt_jax.convert.torch_params import WeightConversionError, match_torch_keys
+from upgpt_jax.convert.part_shapes import abstract_params, count_params
+from upgpt_jax.weights.torch_params import WeightConversionError, match_torch_keys
 
 
 @pytest.fixture(scope="module")

@@ -249,7 +249,7 @@ def test_protocol_input_errors(manual_dir, tmp_path):
 
 
 def test_protocol_generates_with_the_tiny_model(manual_dir, tmp_path, tiny_config, tiny_model):
-    from upgpt_jax.convert.params_io import save_params
+    from upgpt_jax.weights.params_io import save_params
 
     save_params(tmp_path / "params", tiny_model[1], {"source": "random test weights"})
     options = EvalOptions(out_dir=str(tmp_path / "out"), params_dir=str(tmp_path / "params"), config=tiny_config,

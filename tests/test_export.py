@@ -31,9 +31,9 @@ from upgpt_jax import storage
 from upgpt_jax.convert import ldm as convert_ldm
 from upgpt_jax.convert.__main__ import main
 from upgpt_jax.convert.diffusers_folders import load_diffusers_unet, load_diffusers_vae
-from upgpt_jax.convert.params_io import load_params
-from upgpt_jax.convert.weight_files import read_state_dict
-from upgpt_jax.pipeline.loading import restore_params, run_config
+from upgpt_jax.weights.params_io import load_params
+from upgpt_jax.weights.weight_files import read_state_dict
+from upgpt_jax.rundir.restore import restore_params, run_config
 
 # What the fixture's checkpoint holds beyond the converted parts: CLIP stand-ins, the schedule, the
 # first stage's training loss. Everything else must come back from an export.

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from flax.traverse_util import flatten_dict
 
 from references import nchw, relative_error
-from upgpt_jax.convert.torch_params import WeightConversionError, flax_to_torch_state_dict
-from upgpt_jax.convert.weight_files import WeightFileNotFoundError
+from upgpt_jax.weights.torch_params import WeightConversionError, flax_to_torch_state_dict
+from upgpt_jax.weights.weight_files import WeightFileNotFoundError
 from upgpt_jax.eval.fid import FeatureStatistics, frechet_distance, kernel_inception_distance, load_statistics
 from upgpt_jax.eval.inception import (
     FID_WEIGHTS_FILE, FIDInceptionV3, expected_params, inception_features, load_fid_inception, resize_bilinear,

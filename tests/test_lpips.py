@@ -20,7 +20,7 @@ import safetensors.torch
 import torch
 
 from references import nchw, relative_error
-from upgpt_jax.convert.torch_params import WeightConversionError
+from upgpt_jax.weights.torch_params import WeightConversionError
 from upgpt_jax.eval.lpips import BACKBONE_FILES, HEAD_FILES, load_lpips, load_lpips_from_folder, lpips_distance
 
 HEIGHT, WIDTH = 64, 48

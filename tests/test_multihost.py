@@ -23,6 +23,7 @@ import pytest
 
 from test_train import read_metrics, write_config_file
 from upgpt_jax.distributed import initialize
+from upgpt_jax.rundir.layout import CHECKPOINT_DIR
 from upgpt_jax.train import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -123,8 +124,8 @@ def test_two_processes_train_like_one_across_a_preemption(tmp_path):
         for field in ("loss", "grad_norm", "lr"):
             assert row[field] == pytest.approx(reference[field], rel=1e-5), (field, row, reference)
 
-    expected_state = restore_state(single / trainer.CHECKPOINT_DIR)
-    got_state = restore_state(multi / trainer.CHECKPOINT_DIR)
+    expected_state = restore_state(single / CHECKPOINT_DIR)
+    got_state = restore_state(multi / CHECKPOINT_DIR)
     assert int(got_state["step"]) == int(expected_state["step"]) == num_steps
     assert jax.tree.structure(got_state) == jax.tree.structure(expected_state)
     for name in ("params", "ema_params"):  # relative error over the tree (Adam magnifies ulps of tiny leaves)

@@ -28,6 +28,7 @@ from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 
 from test_train import assert_trees_equal, host_copy, small_config  # noqa: E402
 from upgpt_jax import pipeline, storage  # noqa: E402
+from upgpt_jax.rundir.layout import CHECKPOINT_DIR  # noqa: E402
 from upgpt_jax.train import trainer  # noqa: E402
 
 BUCKET = "gs://bucket"
@@ -165,7 +166,7 @@ def test_train_preempt_resume_and_sample_in_a_bucket(gcs, tmp_path, monkeypatch)
         patch.setattr(trainer, "training_pipeline", preempted_at(3))
         first = trainer.train(config, run)
     assert (first.stop_reason, int(first.state.step), first.last_checkpoint) == ("preempted", 3, 3)
-    assert (storage.path(run) / trainer.CHECKPOINT_DIR / "3").is_dir()
+    assert (storage.path(run) / CHECKPOINT_DIR / "3").is_dir()
     assert [row["step"] for row in bucket_metrics(run)] == [1, 2, 3]
 
     resumed = trainer.train(config, run)  # the same command again: restores step 3 from the bucket
@@ -215,7 +216,7 @@ def test_train_preempt_resume_and_sample_in_a_bucket(gcs, tmp_path, monkeypatch)
     assert [path.name for path in (storage.path(run) / "samples").iterdir()] == ["step_0000005.png"]
 
     # train.init_vae_from may name the bucket run: its VAE is the checkpoint's.
-    from upgpt_jax.pipeline.loading import load_vae
+    from upgpt_jax.rundir.vae import load_vae
 
     vae = load_vae(run, like=jax.device_get(loaded.params["vae"]))
     assert_trees_equal(vae, host_copy(loaded.params["vae"]))
@@ -223,7 +224,7 @@ def test_train_preempt_resume_and_sample_in_a_bucket(gcs, tmp_path, monkeypatch)
 
 
 def test_features_data_params_and_reports_in_a_bucket(gcs, tmp_path):
-    from upgpt_jax.convert.params_io import load_params, save_params
+    from upgpt_jax.weights.params_io import load_params, save_params
     from upgpt_jax.data.features import FeatureSource
     from upgpt_jax.data.prepare import main as prepare
     from upgpt_jax.eval.protocols import EvalResult

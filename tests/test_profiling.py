@@ -15,6 +15,7 @@ import pytest
 
 from upgpt_jax.flops import train_step_flops
 from upgpt_jax.hardware import peak_flops_per_device
+from upgpt_jax.rundir.layout import CHECKPOINT_DIR
 from upgpt_jax.train import trainer
 from upgpt_jax.train.metrics_window import MetricsWindow
 from upgpt_jax.train.profiling import PROFILE_DIR, STEP_NAME, parse_profile_steps
@@ -78,7 +79,7 @@ def test_profile_steps_forms():
 def test_a_bad_profile_steps_stops_train_before_set_up(tmp_path):
     with pytest.raises(ValueError, match="config.train.profile_steps"):
         trainer.train(small_config(profile_steps=(5,)), tmp_path)
-    assert not (tmp_path / trainer.CHECKPOINT_DIR).exists()
+    assert not (tmp_path / CHECKPOINT_DIR).exists()
 
 
 def test_mfu_is_model_flops_times_throughput_over_devices_and_peak(tmp_path):

@@ -23,11 +23,13 @@ import pytest
 from test_train import (  # noqa: F401 (shared_compilation_cache: the module's autouse XLA cache)
     REPO, read_metrics, shared_compilation_cache, small_config, subprocess_env, write_config_file)
 from upgpt_jax.pipeline import ConditionError, plan_requests
+from upgpt_jax.rundir.layout import CHECKPOINT_DIR
+from upgpt_jax.rundir.shardings import with_shardings
 from upgpt_jax.train import trainer
 from upgpt_jax.train.checkpointing import Checkpointer, CheckpointRestoreError, CheckpointSaveError
 from upgpt_jax.train.config_checks import ConfigError
 from upgpt_jax.train.metrics_log import MetricsLog
-from upgpt_jax.train.state import TrainState, apply_gradients, with_shardings
+from upgpt_jax.train.state import TrainState, apply_gradients
 from upgpt_jax.train.workdir_hold import HOLD_FILE, STALE_S, WorkdirBusy, WorkdirHold, hold_workdir
 
 
@@ -111,7 +113,7 @@ def damage(checkpoints, how):
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumes(two_checkpoints, tmp_path, capsys,
                                                                                   how):
     workdir = copy_run(two_checkpoints, tmp_path)
-    checkpoints = workdir / trainer.CHECKPOINT_DIR
+    checkpoints = workdir / CHECKPOINT_DIR
     bad, good = damage(checkpoints, how)
     result = trainer.train(small_config(num_steps=3, checkpoint_every=1), workdir)
     out = capsys.readouterr().out
@@ -129,11 +131,11 @@ def test_when_no_checkpoint_restores_nothing_is_set_aside(two_checkpoints, tmp_p
     target = with_shardings(parts.abstract, parts.shardings)
     leaves, tree = jax.tree.flatten(target)
     leaves[-1] = jax.ShapeDtypeStruct((3, 3), leaves[-1].dtype, sharding=leaves[-1].sharding)
-    checkpointer = Checkpointer(workdir / trainer.CHECKPOINT_DIR, keep=3)
+    checkpointer = Checkpointer(workdir / CHECKPOINT_DIR, keep=3)
     with pytest.raises(CheckpointRestoreError, match="no checkpoint in .* restores"):
         checkpointer.restore_latest(jax.tree.unflatten(tree, leaves))
     checkpointer.close()
-    assert sorted(path.name for path in (workdir / trainer.CHECKPOINT_DIR).iterdir()) == ["1", "2"]
+    assert sorted(path.name for path in (workdir / CHECKPOINT_DIR).iterdir()) == ["1", "2"]
 
 
 # --- 4. one job per workdir --------------------------------------------------------------------
@@ -207,7 +209,7 @@ def test_a_failed_save_exits_non_zero_in_one_line_naming_the_lost_steps(two_chec
 
 
 def test_an_unwritable_checkpoint_folder_is_refused_before_training(tmp_path):
-    (tmp_path / trainer.CHECKPOINT_DIR).write_text("a file where the folder should be")
+    (tmp_path / CHECKPOINT_DIR).write_text("a file where the folder should be")
     with pytest.raises(CheckpointSaveError, match="cannot write checkpoints to .*; nothing was trained"):
         trainer.train(small_config(), tmp_path)
     assert not (tmp_path / trainer.METRICS_FILE).exists() and not (tmp_path / HOLD_FILE).exists()

@@ -39,7 +39,7 @@ def test_converted_weights_bring_their_condition_statistics_or_are_refused(tiny_
     """Converted params that hold condition_stats (e.g. exported from a run here) are sampled with them;
     without them a standardizing config is refused, naming the folder and the setting to change.
     Fusion nulls the weights lack are initialised and named in the source, beside the converted files."""
-    from upgpt_jax.convert.params_io import save_params
+    from upgpt_jax.weights.params_io import save_params
 
     params = scaled_random_params(tiny_model[1])
     params["condition_stats"] = {name: value + 0.5 for name, value in params["condition_stats"].items()}

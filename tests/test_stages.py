@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from upgpt_jax.models.upgpt import UPGPT, build_model
-from upgpt_jax.pipeline.loading import run_config
+from upgpt_jax.rundir.restore import run_config
 from upgpt_jax.train import condition_stats, latent_scale, trainer
 from upgpt_jax.train.data import training_pipeline
 from upgpt_jax.train.previews import SAMPLES_DIR

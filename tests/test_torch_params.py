@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from upgpt_jax.convert.torch_params import (
+from upgpt_jax.weights.torch_params import (
     WeightConversionError,
     flax_to_torch_state_dict,
     match_torch_keys,

@@ -19,11 +19,12 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 from ml_collections import ConfigDict
 
+from upgpt_jax.rundir.layout import CHECKPOINT_DIR
+from upgpt_jax.rundir.shardings import with_shardings
 from upgpt_jax.train import trainer
 from upgpt_jax.train.checkpointing import Checkpointer
 from upgpt_jax.train.optimizer import (
     current_learning_rate, ema_decay_at, ema_update, learning_rate_schedule, make_optimizer)
-from upgpt_jax.train.state import with_shardings
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -221,7 +222,7 @@ def test_consecutive_nan_losses_stop_training_and_keep_the_last_good_checkpoint(
     assert int(result.state.step) == 5 and int(result.state.skipped) == 3
     assert result.last_checkpoint == 2
 
-    checkpointer = Checkpointer(tmp_path / trainer.CHECKPOINT_DIR, keep=3)
+    checkpointer = Checkpointer(tmp_path / CHECKPOINT_DIR, keep=3)
     assert checkpointer.latest_step() == 2
     parts = trainer.compiled_for(config)
     restored, _ = checkpointer.restore(2, with_shardings(parts.abstract, parts.shardings))
@@ -273,7 +274,7 @@ def test_sigterm_saves_a_checkpoint_at_the_step_reached_and_exits_cleanly(tmp_pa
     assert process.returncode == 0, output[-3000:]
     last_step = read_metrics(workdir)[-1]["step"]
     assert f"preempted at step {last_step}; last checkpoint: {last_step}" in output
-    checkpointer = Checkpointer(workdir / trainer.CHECKPOINT_DIR, keep=3)
+    checkpointer = Checkpointer(workdir / CHECKPOINT_DIR, keep=3)
     assert checkpointer.latest_step() == last_step
     checkpointer.close()
 

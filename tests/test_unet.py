@@ -11,7 +11,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from references import diffusers_unet, nchw, nhwc, randomize_norms, relative_error
-from upgpt_jax.convert.torch_params import match_torch_keys, torch_to_flax_params
+from upgpt_jax.weights.torch_params import match_torch_keys, torch_to_flax_params
 from upgpt_jax.models.unet import UNet
 
 RELEASED = dict(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from references import KL_F8_VAE, diffusers_vae, nchw, nhwc, randomize_norms, relative_error
-from upgpt_jax.convert.torch_params import match_torch_keys, torch_to_flax_params
+from upgpt_jax.weights.torch_params import match_torch_keys, torch_to_flax_params
 from upgpt_jax.models.vae import AutoencoderKL
 
 TINY = dict(

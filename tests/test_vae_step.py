@@ -12,7 +12,7 @@ import torch
 from conftest import random_params
 from references import diffusers_vae, nchw, nhwc, relative_error
 from test_lpips import image_pair, reference_lpips, save_lpips_folder
-from upgpt_jax.convert.torch_params import flax_to_torch_state_dict
+from upgpt_jax.weights.torch_params import flax_to_torch_state_dict
 from upgpt_jax.eval.lpips import load_lpips_from_folder
 from upgpt_jax.models.upgpt import build_model
 from upgpt_jax.sharding import make_mesh

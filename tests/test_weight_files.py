@@ -6,7 +6,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from upgpt_jax.convert.weight_files import (
+from upgpt_jax.weights.weight_files import (
     WeightFileError,
     WeightFileNotFoundError,
     find_weight_file,

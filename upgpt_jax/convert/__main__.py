@@ -24,9 +24,10 @@ from ml_collections import config_flags
 
 from upgpt_jax import storage
 from upgpt_jax.convert import command_line, diffusers_folders, export_cli, ldm
-from upgpt_jax.convert.params_io import PARAMS_DIR, PARTS, count_params, save_params
-from upgpt_jax.convert.torch_params import WeightConversionError
-from upgpt_jax.convert.weight_files import WeightFileError, read_state_dict
+from upgpt_jax.convert.part_shapes import count_params
+from upgpt_jax.weights.params_io import PARAMS_DIR, PARTS, save_params
+from upgpt_jax.weights.torch_params import WeightConversionError
+from upgpt_jax.weights.weight_files import WeightFileError, read_state_dict
 
 
 def _define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:

@@ -13,9 +13,9 @@ import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from upgpt_jax.convert.params_io import abstract_params
-from upgpt_jax.convert.torch_params import torch_to_flax_params
-from upgpt_jax.convert.weight_files import (
+from upgpt_jax.convert.part_shapes import abstract_params
+from upgpt_jax.weights.torch_params import torch_to_flax_params
+from upgpt_jax.weights.weight_files import (
     StateDict,
     WeightFileError,
     find_weight_file,

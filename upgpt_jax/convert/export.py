@@ -20,7 +20,7 @@ import numpy as np
 
 from upgpt_jax import storage
 from upgpt_jax.convert import diffusers_folders, ldm
-from upgpt_jax.convert.torch_params import flax_to_torch_state_dict
+from upgpt_jax.weights.torch_params import flax_to_torch_state_dict
 
 # LitEma's defaults (ldm/modules/ema.py), for EMA weights whose decay and update count are unknown.
 LITEMA_DECAY = 0.9999

@@ -22,11 +22,11 @@ from absl import flags
 
 from upgpt_jax import storage
 from upgpt_jax.convert import command_line, export
-from upgpt_jax.convert.params_io import load_params
-from upgpt_jax.convert.weight_files import WeightFileError
+from upgpt_jax.weights.params_io import load_params
+from upgpt_jax.weights.weight_files import WeightFileError
 
 FORMATS = ("ldm", "diffusers")
-# --weights of a run, named as sample.py names them (pipeline.loading.WEIGHTS; "params": raw).
+# --weights of a run, named as sample.py names them (rundir.restore.WEIGHTS; "params": raw).
 RUN_WEIGHTS = ("ema", "params")
 
 
@@ -60,7 +60,7 @@ def from_workdir(workdir: str, step: int | None, weights: str, ema: bool) -> Exp
     its EMA UNet with the run's decay and step count."""
     import jax
 
-    from upgpt_jax.pipeline.loading import restore_params, run_config
+    from upgpt_jax.rundir.restore import restore_params, run_config
 
     config, step = run_config(workdir, step)
     if config.train.stage != "diffusion":

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from upgpt_jax.convert.params_io import PARTS, abstract_params
-from upgpt_jax.convert.torch_params import (
+from upgpt_jax.convert.part_shapes import abstract_params
+from upgpt_jax.weights.params_io import PARTS
+from upgpt_jax.weights.torch_params import (
     WeightConversionError,
     flax_to_torch_state_dict,
     torch_to_flax_params,

@@ -34,8 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from upgpt_jax.convert.torch_params import torch_key_to_flax_path, torch_to_flax_params
-from upgpt_jax.convert.weight_files import WeightFileNotFoundError, find_weight_file, read_state_dict
+from upgpt_jax.weights.torch_params import torch_key_to_flax_path, torch_to_flax_params
+from upgpt_jax.weights.weight_files import WeightFileNotFoundError, find_weight_file, read_state_dict
 from upgpt_jax.models.layers import CONV_AXES, Array, Dtype, partitioned_conv
 
 # lpips' ScalingLayer: (x - shift) / scale turns [-1, 1] images into roughly ImageNet-normalised ones.

@@ -33,8 +33,8 @@ from PIL import Image
 from transformers import CLIPConfig
 from transformers.models.clip.modeling_flax_clip import FlaxCLIPTextTransformer, FlaxCLIPVisionTransformer
 
-from upgpt_jax.convert.torch_params import check_flax_params, torch_to_flax_params
-from upgpt_jax.convert.weight_files import find_weight_file, read_state_dict
+from upgpt_jax.weights.torch_params import check_flax_params, torch_to_flax_params
+from upgpt_jax.weights.weight_files import find_weight_file, read_state_dict
 
 PARAM_GROUPS = ("text_model", "vision_model", "text_projection", "visual_projection")
 
@@ -200,7 +200,7 @@ def load_clip(
     openai/clip-vit-large-patch14) with config.json and one of WEIGHT_FILES (PyTorch weights are
     converted here; `.bin` files need torch). Not supported: text-only or vision-only folders (such
     as Stable Diffusion's `text_encoder`), since UPGPT needs both towers and both projections of one
-    model. Weights that do not fit config.json raise `convert.torch_params.WeightConversionError`,
+    model. Weights that do not fit config.json raise `weights.torch_params.WeightConversionError`,
     as every importer does.
     """
     folder = pathlib.Path(path)

@@ -3,7 +3,7 @@
 Every parameter is created through the factories below so that it carries logical axis names
 (see the project's vocabulary: conv kernels are ("conv_height", "conv_width", "conv_in",
 "conv_out"), dense kernels name their (in, out) axes, norms use ("norm",)). Module and
-parameter names mirror diffusers' PyTorch modules, so `upgpt_jax.convert.torch_params` maps a
+parameter names mirror diffusers' PyTorch modules, so `upgpt_jax.weights.torch_params` maps a
 diffusers state dict onto these parameters by a generic rule.
 
 Precision: matmuls and convolutions run in `dtype`; GroupNorm/LayerNorm statistics and attention

@@ -1,7 +1,7 @@
 """The denoising UNet of UPGPT (LDM `UNetModel` with spatial transformers, NHWC, Flax linen).
 
 Parameter paths mirror diffusers' `UNet2DConditionModel` (`down_blocks_0/attentions_0/
-transformer_blocks_0/attn1/to_q/kernel`, ...), so `convert.torch_params.torch_to_flax_params`
+transformer_blocks_0/attn1/to_q/kernel`, ...), so `weights.torch_params.torch_to_flax_params`
 loads a diffusers state dict directly. LDM semantics kept: sinusoidal timestep embedding with cos
 first, `num_heads` heads per transformer of width/num_heads each, GEGLU feed-forward, and the
 zero-initialised output convolutions LDM uses when training from scratch.

@@ -2,7 +2,7 @@
 
 Parameter paths mirror diffusers (`encoder/down_blocks_0/resnets_0/conv1/kernel`,
 `encoder/mid_block/attentions_0/to_q/kernel`, `quant_conv`, `post_quant_conv`, `decoder/...`), so
-`convert.torch_params.torch_to_flax_params` loads a diffusers `AutoencoderKL` state dict directly.
+`weights.torch_params.torch_to_flax_params` loads a diffusers `AutoencoderKL` state dict directly.
 Every GroupNorm uses eps 1e-6; downsampling pads bottom/right only, as LDM.
 """
 

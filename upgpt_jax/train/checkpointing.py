@@ -34,10 +34,8 @@ from absl import flags
 
 from upgpt_jax import storage
 from upgpt_jax.distributed import any_process_at_coordinator, is_main_process, wait_for_all_processes
+from upgpt_jax.rundir.layout import REQUIRED_FILES, checkpoint_manager
 from upgpt_jax.train.state import TrainState
-
-# Files a step folder cannot restore without (orbax's layout): a folder lacking one is set aside at once.
-REQUIRED_FILES = ("state/_METADATA", "data", "config")
 
 
 class _OrbaxSaveTracebacks(logging.Filter):
@@ -69,10 +67,9 @@ class Checkpointer:
         self.directory = storage.absolute(directory)
         if is_main_process():
             self._check_writable()
-        self.options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous,
-                                                    create=True)
+        self.keep, self.asynchronous = keep, asynchronous
         # A local folder or a URL (gs://...: orbax writes the arrays through tensorstore's GCS client).
-        self.manager = ocp.CheckpointManager(self.directory, options=self.options)
+        self.manager = checkpoint_manager(self.directory, keep, asynchronous, create=True)
 
     def _check_writable(self) -> None:
         """Refuse a checkpoint folder that cannot be written now, not at the first save (steps later)."""
@@ -145,7 +142,7 @@ class Checkpointer:
                   flush=True)
         wait_for_all_processes(f"upgpt_jax: set aside checkpoint {step}")
         self.manager.close()
-        self.manager = ocp.CheckpointManager(self.directory, options=self.options)
+        self.manager = checkpoint_manager(self.directory, self.keep, self.asynchronous, create=True)
 
     def wait(self) -> None:
         """Block until pending saves are on disk; CheckpointSaveError if one failed."""

@@ -12,7 +12,7 @@ from typing import Any
 import ml_collections
 
 from upgpt_jax.cli_errors import BadInput
-from upgpt_jax.train.state import STAGE_PARTS
+from upgpt_jax.rundir.shardings import STAGE_PARTS
 
 # (section, field, smallest allowed value, whether the smallest value itself is allowed, integer)
 _BOUNDS = (

@@ -24,10 +24,11 @@ from upgpt_jax.data.pipeline import make_global_batch
 from upgpt_jax.distributed import compile_then_meet, host_to_global, is_main_process
 from upgpt_jax.models.upgpt import UPGPT, build_model, init_params
 from upgpt_jax.models.vae import DiagonalGaussian
-from upgpt_jax.pipeline.loading import load_vae, run_config
+from upgpt_jax.rundir.restore import run_config
+from upgpt_jax.rundir.shardings import abstract_params
+from upgpt_jax.rundir.vae import load_vae
 from upgpt_jax.sharding import make_mesh, on_mesh
 from upgpt_jax.train.data import training_pipeline
-from upgpt_jax.train.state import abstract_params
 
 
 def resolve_scale_factor(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,

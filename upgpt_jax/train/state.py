@@ -4,9 +4,9 @@ The state holds what a resumed run needs to continue bit for bit: the step, the 
 params (UNet + fusion) in float32, their optimizer state and EMA, the frozen VAE params (never
 updated, kept so that a checkpoint alone can decode samples), the RNG and the count of skipped
 (non-finite) steps. Its shardings come from the modules' logical axis names and the config's
-axis rules, so params, EMA and optimizer moments are sharded alike (FSDP when the rules map
-axes to "fsdp"). In the VAE stage (config.train.stage = "vae") the autoencoder is the trainable
-part and nothing is frozen.
+axis rules (upgpt_jax.rundir.shardings, which readers of a run share), so params, EMA and
+optimizer moments are sharded alike (FSDP when the rules map axes to "fsdp"). In the VAE stage
+(config.train.stage = "vae") the autoencoder is the trainable part and nothing is frozen.
 """
 from __future__ import annotations
 
@@ -22,14 +22,11 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from upgpt_jax.models.upgpt import UPGPT, example_inputs
-from upgpt_jax.sharding import fit_spec, normalize_rules
+from upgpt_jax.rundir.shardings import stage_parts, state_shardings
+# with_shardings: imported from here by upgpt_jax/aot and benchmarks/, which import train.state.
+from upgpt_jax.rundir.shardings import with_shardings  # noqa: F401
 from upgpt_jax.train.optimizer import ema_decay_at, ema_update
 
-TRAINABLE = ("unet", "fusion")
-FROZEN = ("vae", "condition_stats")  # condition_stats: only with model.standardize_conditions
-# (trainable, frozen) parts of each training stage (config.train.stage). The VAE stage trains the
-# autoencoder alone and holds nothing else (the UNet and fusion are neither needed nor initialised).
-STAGE_PARTS = {"diffusion": (TRAINABLE, FROZEN), "vae": (("vae",), ())}
 # config.train.max_update_ratio's default, for configs saved before the field existed.
 MAX_UPDATE_RATIO = 1.0
 
@@ -43,13 +40,6 @@ class TrainState:
     frozen_params: Any  # {"vae"} (+ "condition_stats"; {} in the VAE stage)
     rng: jax.Array  # uint32[2] raw key (checkpointable as a plain array)
     skipped: jax.Array  # int32: steps whose update was skipped for a non-finite loss or gradient
-
-
-def stage_parts(stage: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(trainable, frozen) parameter-tree parts of training stage `stage`."""
-    if stage not in STAGE_PARTS:
-        raise ValueError(f"train.stage must be one of {sorted(STAGE_PARTS)}, got {stage!r}")
-    return STAGE_PARTS[stage]
 
 
 def _vae_only(module: UPGPT, images: jax.Array) -> Any:
@@ -80,27 +70,6 @@ def _init_boxed(model: UPGPT, model_config: ml_collections.ConfigDict, optimizer
     )
 
 
-def state_shardings(abstract_boxed_state: TrainState, mesh: Mesh, axis_rules: Any) -> TrainState:
-    """NamedShardings of every state leaf: logical specs (unnamed leaves replicated) -> mesh axes.
-
-    A dimension the rules shard but whose size the mesh axes do not divide (e.g. the VAE's 3 RGB
-    output channels over fsdp=4) is replicated instead.
-    """
-    logical_specs = nn.get_partition_spec(abstract_boxed_state)
-    shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, normalize_rules(axis_rules))
-    return jax.tree.map(lambda sharding, leaf: NamedSharding(mesh, fit_spec(sharding.spec, leaf.shape, mesh)),
-                        shardings, nn.unbox(abstract_boxed_state))
-
-
-def abstract_params(model: UPGPT, model_config: ml_collections.ConfigDict, mesh: Mesh,
-                    axis_rules: Any) -> tuple[dict, dict]:
-    """(shapes, NamedShardings) of every parameter of `model` ({"unet", "vae", "fusion", ...}), the
-    shardings those the train state gives them by their logical names: for weights that arrive from
-    elsewhere (converted files, checkpoints, an initial VAE). Nothing is computed."""
-    boxed = jax.eval_shape(model.init, jax.random.key(0), **example_inputs(model_config))["params"]
-    return nn.unbox(boxed), state_shardings(boxed, mesh, axis_rules)
-
-
 def abstract_state(model: UPGPT, config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
                    mesh: Mesh) -> tuple[TrainState, TrainState]:
     """(shapes of the unboxed state, its shardings) without computing anything."""
@@ -116,12 +85,6 @@ def make_init_fn(model: UPGPT, config: ml_collections.ConfigDict, optimizer: opt
     return jax.jit(lambda: nn.unbox(_init_boxed(model, config.model, optimizer, config.seed, config.train.seed,
                                                 config.train.stage)),
                    out_shardings=shardings)
-
-
-def with_shardings(abstract: TrainState, shardings: TrainState) -> TrainState:
-    """ShapeDtypeStructs that carry their target sharding (what orbax restores onto)."""
-    return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-                        abstract, shardings)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -40,9 +40,11 @@ from upgpt_jax.flops import train_step_flops
 from upgpt_jax.hardware import peak_flops_per_device
 from upgpt_jax.models.clip import clip_from_config
 from upgpt_jax.models.upgpt import UPGPT, build_model
-from upgpt_jax.pipeline.loading import load_vae
 from upgpt_jax import storage
 from upgpt_jax.phases import phase
+from upgpt_jax.rundir.layout import CHECKPOINT_DIR
+from upgpt_jax.rundir.shardings import with_shardings
+from upgpt_jax.rundir.vae import load_vae
 from upgpt_jax.sharding import make_mesh, weight_shardings
 from upgpt_jax.train.checkpointing import Checkpointer, CheckpointSaveError, PreemptionSignal
 from upgpt_jax.train.config_checks import check_training_config
@@ -55,14 +57,13 @@ from upgpt_jax.train.optimizer import make_optimizer
 from upgpt_jax.train.previews import SamplePreviews
 from upgpt_jax.train.progress import TrainProgress
 from upgpt_jax.train.profiling import PROFILE_DIR, StepProfiler, parse_profile_steps
-from upgpt_jax.train.state import TrainState, abstract_state, make_init_fn, with_shardings
+from upgpt_jax.train.state import TrainState, abstract_state, make_init_fn
 from upgpt_jax.train.workdir_hold import hold_workdir
 from upgpt_jax.train.vae_step import lpips_for_config, make_vae_train_step
 from upgpt_jax.train.step import TrainStep, make_encode_fn, make_train_step
 
 # Stage-specific losses logged beside `loss` when a step reports them (the VAE stage's terms).
 EXTRA_METRICS = ("rec_l1", "kl", "lpips")
-CHECKPOINT_DIR = "checkpoints"
 
 
 @dataclasses.dataclass

@@ -151,7 +151,7 @@ class _Targets:
 
 
 def _is_vae_stage_run(options: EvalOptions) -> bool:
-    from upgpt_jax.pipeline.loading import run_config
+    from upgpt_jax.rundir.restore import run_config
 
     return run_config(options.workdir, options.step)[0].train.stage == "vae"
 
@@ -160,7 +160,7 @@ def _evaluate_autoencoder(options: EvalOptions) -> EvalResult:
     """A VAE-stage run: autoencoder/* alone (its reconstructions of the test targets, scored as
     samples), i.e. the ceiling a diffusion stage trained on this VAE can reach."""
     from upgpt_jax.models.upgpt import build_model
-    from upgpt_jax.pipeline.loading import restore_params, run_config
+    from upgpt_jax.rundir.restore import restore_params, run_config
     from upgpt_jax.sharding import make_mesh
 
     config, step = run_config(options.workdir, options.step)
