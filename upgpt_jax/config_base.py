@@ -119,7 +119,6 @@ def released_config() -> ml_collections.ConfigDict:
         # "black_crop", the CLIP embedding of a black crop, as the original (released_weights).
         missing_style="null",
     ))
-    c.model.style_parts = STYLE_PARTS
 
     c.diffusion = ml_collections.ConfigDict(dict(
         schedule="sqrt_linear",  # LDM's "linear": betas = linspace(sqrt(start), sqrt(end), T) ** 2.
