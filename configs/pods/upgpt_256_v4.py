@@ -9,8 +9,9 @@ Check the plan on any host, ahead of time (pip install -e ".[tpu]"):
   python -m upgpt_jax.aot --config configs/pods/upgpt_256_v4.py
 
 AOT figures: not compiled at full size yet (`python -m upgpt_jax.aot --config
-configs/pods/upgpt_256_v4.py` gives them). By scaling the v5e compiles: the state is 1/4 of 6.7 GiB
-per chip and per-example temporaries ~0.4 GiB, so per-chip batch 32 needs ~15 GiB of v4's 32.
+configs/pods/upgpt_256_v4.py` gives them; run it alone, it holds ~9 GiB of host memory). By the
+v5p-128 compile of the same mesh (fsdp 4): 1.87 GiB of state per chip and ~0.19 GiB of
+temporaries per example, so per-chip batch 32 needs ~8 GiB of v4's 32.
 """
 import ml_collections
 

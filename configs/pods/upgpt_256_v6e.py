@@ -9,9 +9,10 @@ Check the plan on any host, ahead of time (pip install -e ".[tpu]"):
   python -m upgpt_jax.aot --config configs/pods/upgpt_256_v6e.py
 
 AOT figures: not compiled at full size yet (`python -m upgpt_jax.aot --config
-configs/pods/upgpt_256_v6e.py` gives them). The same mesh and per-chip batch as the v5e-256 plan,
-which needs 14.46 GiB per chip there, on v6e's 32 GiB; v6e has 4.7x v5e's peak and 2x its
-bandwidth, so the step is memory-bound by a wider margin: bytes are what to cut.
+configs/pods/upgpt_256_v6e.py` gives them; run it alone, it holds ~9 GiB of host memory). The same
+program as the v5e-256 plan (mesh, per-chip batch), which needs 6.00 GiB per chip there, on v6e's
+32 GiB; v6e has 4.7x v5e's peak and 2x its bandwidth, so the step is memory-bound by a wider
+margin: bytes are what to cut (benchmarks/RESULTS.md).
 """
 import ml_collections
 
