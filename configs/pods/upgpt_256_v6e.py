@@ -8,11 +8,13 @@ Launch (every host of the slice runs the same command; features precomputed once
 Check the plan on any host, ahead of time (pip install -e ".[tpu]"):
   python -m upgpt_jax.aot --config configs/pods/upgpt_256_v6e.py
 
-AOT figures: not compiled at full size yet (`python -m upgpt_jax.aot --config
-configs/pods/upgpt_256_v6e.py` gives them; run it alone, it holds ~9 GiB of host memory). The same
-program as the v5e-256 plan (mesh, per-chip batch), which needs 6.00 GiB per chip there, on v6e's
-32 GiB; v6e has 4.7x v5e's peak and 2x its bandwidth, so the step is memory-bound by a wider
-margin: bytes are what to cut (benchmarks/RESULTS.md).
+AOT figures (python -m upgpt_jax.aot on a 2-core CPU host, libtpu 0.0.42.1, 2026-12-07; roofline
+times are estimates, see benchmarks/RESULTS.md): 6.47 GiB of 32 per chip (0.64 arguments, 5.82
+temporaries); per chip per step XLA counts 5.99 TFLOP and 102.7 GB accessed, 30.9 GB of it HBM
+traffic. Roofline 0.063 s on XLA's bytes (511 img/s per chip, MFU 11.3%) or 0.019 s on the HBM
+traffic (1700 img/s per chip, MFU 37.7%, 7 ms of it compute): memory-bound by a wide margin, as
+v6e has 4.7x v5e's peak and 2x its bandwidth; bytes are what to cut. Per-chip batch 64 was
+compiled too (11.83 GiB; HBM traffic 63.5 GB, MFU 14.7% / 36.6%): no better, so 32 stays.
 """
 import ml_collections
 
