@@ -1,4 +1,5 @@
 """Shared fixtures: the tiny synthetic config and its model, built once per test session."""
+import contextlib
 import os
 import sys
 
@@ -10,6 +11,25 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # Tests import the config files as modules (configs/ is not an installed package).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@contextlib.contextmanager
+def jax_compilation_cache(folder):
+    """JAX's persistent compilation cache in `folder` (local or gs://), every compile cached, for the
+    block; the previous settings and an empty in-memory cache state after it."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    previous = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    compilation_cache.reset_cache()
+    try:
+        yield folder
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
+        compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ import types
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 from ml_collections import ConfigDict
 from PIL import Image
 
@@ -26,6 +25,7 @@ from PIL import Image
 sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 
+from conftest import jax_compilation_cache  # noqa: E402
 from test_train import assert_trees_equal, host_copy, small_config  # noqa: E402
 from upgpt_jax import pipeline, storage  # noqa: E402
 from upgpt_jax.rundir.layout import CHECKPOINT_DIR  # noqa: E402
@@ -119,14 +119,8 @@ def gcs(gcs_emulator, monkeypatch):
     """The emulator for this test only: the clients' environment, and the bucket's JAX compilation cache."""
     for name in EMULATOR_VARIABLES:
         monkeypatch.setenv(name, gcs_emulator)
-    previous = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir", f"{BUCKET}/jax_cache")  # JAX opens it through etils.epath
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    compilation_cache.reset_cache()
-    yield gcs_emulator
-    jax.config.update("jax_compilation_cache_dir", previous[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
-    compilation_cache.reset_cache()
+    with jax_compilation_cache(f"{BUCKET}/jax_cache"):  # JAX opens it through etils.epath
+        yield gcs_emulator
 
 
 def bucket_metrics(workdir):

@@ -16,9 +16,9 @@ import jax
 import numpy as np
 import optax
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 from ml_collections import ConfigDict
 
+from conftest import jax_compilation_cache
 from upgpt_jax.rundir.layout import CHECKPOINT_DIR
 from upgpt_jax.rundir.shardings import with_shardings
 from upgpt_jax.train import trainer
@@ -33,15 +33,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def shared_compilation_cache(tmp_path_factory):
     """One persistent XLA cache for this module's in-process runs and its train.py subprocesses,
     so that the subprocesses load the small model's compiled functions instead of compiling them."""
-    folder = tmp_path_factory.mktemp("jax_cache")
-    previous = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    compilation_cache.reset_cache()
-    yield folder
-    jax.config.update("jax_compilation_cache_dir", previous[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
-    compilation_cache.reset_cache()
+    with jax_compilation_cache(tmp_path_factory.mktemp("jax_cache")) as folder:
+        yield folder
 
 
 def small_config(**train_overrides):
