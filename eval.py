@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
     from upgpt_jax.compilation_cache import enable_compilation_cache
     from upgpt_jax.eval.protocols import ProtocolError, load_protocols
     from upgpt_jax.eval.report import format_table, write_report
-    from upgpt_jax.pipeline import ConditionError
+    from upgpt_jax.sampling import ConditionError
 
     protocols = load_protocols()
     if flags.FLAGS.protocol not in protocols:

@@ -99,16 +99,16 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--out is required")
     check_model_flags()
     from upgpt_jax.compilation_cache import enable_compilation_cache
-    from upgpt_jax import pipeline, storage
+    from upgpt_jax import sampling, storage
     from upgpt_jax.phases import phase
 
     overrides = sampler_overrides()
     enable_compilation_cache()
     requests = read_requests(flags.FLAGS.requests) if flags.FLAGS.requests else [single_request()]
     try:  # every request is checked before the weights are read or anything is compiled
-        config = pipeline.run_config(flags.FLAGS.workdir, flags.FLAGS.step)[0] if flags.FLAGS.workdir else flags.FLAGS.config
-        jobs = pipeline.plan_requests(config, requests, flags.FLAGS.smpl_model_dir)
-    except (pipeline.ConditionError, FileNotFoundError) as error:
+        config = sampling.run_config(flags.FLAGS.workdir, flags.FLAGS.step)[0] if flags.FLAGS.workdir else flags.FLAGS.config
+        jobs = sampling.plan_requests(config, requests, flags.FLAGS.smpl_model_dir)
+    except (sampling.ConditionError, FileNotFoundError) as error:
         fail(str(error))
     for job in jobs:
         for key, value in job.notes.items():
@@ -119,15 +119,15 @@ def main(argv: list[str]) -> None:
         raise BadInput(f"--out {flags.FLAGS.out} cannot be written ({type(error).__name__}: {error})") from None
     with phase("load the model"):
         if flags.FLAGS.workdir:
-            loaded = pipeline.load_from_workdir(flags.FLAGS.workdir, flags.FLAGS.step, flags.FLAGS.weights)
+            loaded = sampling.load_from_workdir(flags.FLAGS.workdir, flags.FLAGS.step, flags.FLAGS.weights)
         else:
-            loaded = pipeline.load_from_params(flags.FLAGS.params, flags.FLAGS.config)
+            loaded = sampling.load_from_params(flags.FLAGS.params, flags.FLAGS.config)
     if flags.FLAGS.released_no_guidance:
         overrides["guidance"] = {name: 1.0 for name in loaded.config.sampling.guidance}
-    settings = pipeline.SamplingSettings.from_config(loaded.config.sampling, batch_size=flags.FLAGS.batch_size,
+    settings = sampling.SamplingSettings.from_config(loaded.config.sampling, batch_size=flags.FLAGS.batch_size,
                                                      **overrides)
     subfolders = bool(flags.FLAGS.requests or flags.FLAGS.name)
-    folders = pipeline.run_jobs(loaded, jobs, flags.FLAGS.out, settings, subfolders=subfolders)
+    folders = sampling.run_jobs(loaded, jobs, flags.FLAGS.out, settings, subfolders=subfolders)
     for folder in folders:
         print(folder)
 

@@ -13,7 +13,7 @@ dtype, as a bf16 checkpoint would be served) and random inputs:
   (shared/benchmarks/anchors_h100.md) time. It includes the one batched fusion call that builds
   the branch contexts; the loop is one `lax.scan` with one UNet call per step on all guidance
   branches stacked along the batch.
-- `--end_to_end`: upgpt_jax.pipeline.sampler's jitted conditions -> images function (CLIP text,
+- `--end_to_end`: upgpt_jax.sampling.sampler's jitted conditions -> images function (CLIP text,
   style-image and style-text encoding, the same loop, VAE decoding to uint8) on random token ids
   and CLIP-normalised crops. Host-side work (tokenizing, cropping, PIL resizes) is not timed.
 
@@ -133,7 +133,7 @@ def random_conditions(model_config: Any, batch: int, seed: int = 0) -> dict[str,
 
 
 def random_pipeline_batch(model_config: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """What upgpt_jax.pipeline.sampler.encode_conditions produces (plus seeds), with random values."""
+    """What upgpt_jax.sampling.sampler.encode_conditions produces (plus seeds), with random values."""
     rng = np.random.default_rng(seed)
     conditions = random_conditions(model_config, batch, seed)
     clip = model_config.clip
@@ -199,7 +199,7 @@ def benchmark_end_to_end(config: Any, model: Any, params: Any, clip: tuple[Any, 
                          batch: int) -> dict[str, Any]:
     import jax
 
-    from upgpt_jax.pipeline.sampler import SamplingSettings, jitted_sampler
+    from upgpt_jax.sampling.sampler import SamplingSettings, jitted_sampler
     from upgpt_jax.sharding import make_mesh
 
     settings = SamplingSettings(method="ddim", num_steps=FLAGS.num_steps, eta=0.0,

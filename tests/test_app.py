@@ -44,14 +44,14 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def served(checkpointed_run, tmp_path_factory):
     """(page URL, sample.py's outputs folder, sample.py's error line for a bad crop, the bad crop)."""
-    from upgpt_jax.pipeline.sources import DatasetExamples
+    from upgpt_jax.sampling.sources import DatasetExamples
 
     folder = tmp_path_factory.mktemp("app")
     poses = folder / "poses"
     poses.mkdir()
-    from upgpt_jax import pipeline
+    from upgpt_jax import sampling
 
-    run_config = pipeline.run_config(checkpointed_run)[0]
+    run_config = sampling.run_config(checkpointed_run)[0]
     np.save(poses / "pose.npy", DatasetExamples(run_config).person(1).smpl)
     bad_crop = folder / "bad_crop.txt"
     bad_crop.write_text("not an image\n")

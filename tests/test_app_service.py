@@ -1,14 +1,14 @@
 """The app's request handling without a browser: page values -> requests -> the service.
 
 One loaded tiny run and one compilation: requests of every task with the same sampler settings
-must not compile again, bad inputs must raise the pipeline's one-line errors, and the pose gallery
+must not compile again, bad inputs must raise the sampling package's one-line errors, and the pose gallery
 must have poses on a machine without the shared samples or a dataset.
 """
 import jax
 import numpy as np
 import pytest
 
-from upgpt_jax import pipeline
+from upgpt_jax import sampling
 from upgpt_jax.app import requests
 from upgpt_jax.app.poses import pose_gallery, thumbnails
 from upgpt_jax.app.service import SamplingService, error_line
@@ -16,7 +16,7 @@ from upgpt_jax.app.service import SamplingService, error_line
 
 @pytest.fixture(scope="module")
 def service(checkpointed_run):
-    return SamplingService(pipeline.load_from_workdir(checkpointed_run), {"num_steps": 2, "batch_size": 4})
+    return SamplingService(sampling.load_from_workdir(checkpointed_run), {"num_steps": 2, "batch_size": 4})
 
 
 def test_requests_of_one_setting_compile_once_and_match_the_pipeline(service):
@@ -38,9 +38,9 @@ def test_requests_of_one_setting_compile_once_and_match_the_pipeline(service):
     assert edit.job.labels[0] == "unedited" and edit.samples()[1][1].startswith("edited")
     assert frames.mask().shape[1] > first.mask().shape[1]  # a strip of the frames' distinct masks
     np.testing.assert_array_equal(first.mask()[..., 0] > 0, first.job.people[0].mask)
-    # The same request through the pipeline's batch API (sample.py's path) gives the same pixels.
-    job = pipeline.plan_requests(service.loaded.config, [edit.job.request])[0]
-    np.testing.assert_array_equal(pipeline.sample_jobs(service._sampler(service.defaults), [job])[0], edit.images)
+    # The same request through the sampling package's batch API (sample.py's path) gives the same pixels.
+    job = sampling.plan_requests(service.loaded.config, [edit.job.request])[0]
+    np.testing.assert_array_equal(sampling.sample_jobs(service._sampler(service.defaults), [job])[0], edit.images)
 
 
 def test_bad_inputs_raise_one_line_errors_naming_the_input(service, tmp_path):
@@ -51,21 +51,21 @@ def test_bad_inputs_raise_one_line_errors_naming_the_input(service, tmp_path):
         (requests.generate_request("a person", "example:1", ["top=example:x"], 1, 0), "'example:x' is not example:K"),
     ]
     for request, expected in cases:
-        with pytest.raises(pipeline.ConditionError) as error:
+        with pytest.raises(sampling.ConditionError) as error:
             service.run(request)
         assert expected in error_line(error.value) and "\n" not in error_line(error.value)
-    with pytest.raises(pipeline.ConditionError, match="seed: expected a whole number"):
+    with pytest.raises(sampling.ConditionError, match="seed: expected a whole number"):
         requests.generate_request("a person", "example:1", [], 1, None)
-    with pytest.raises(pipeline.ConditionError, match="guidance text: expected a number"):
+    with pytest.raises(sampling.ConditionError, match="guidance text: expected a number"):
         requests.real_number(None, "guidance text")
-    with pytest.raises(pipeline.ConditionError, match="pick a pose"):
+    with pytest.raises(sampling.ConditionError, match="pick a pose"):
         requests.pose_spec(None, None, {}, "pose")
 
 
 def test_pose_gallery_has_poses_without_shared_samples_or_a_dataset(service, tiny_config, tmp_path):
     no_dataset = tiny_config.copy_and_resolve_references()
     no_dataset.data.dataset, no_dataset.data.data_dir = "deepfashion", ""
-    synthetic = pose_gallery(pipeline.TaskContext(no_dataset), str(tmp_path))
+    synthetic = pose_gallery(sampling.TaskContext(no_dataset), str(tmp_path))
     assert list(synthetic) == ["synthetic pose 0", "synthetic pose 1", "synthetic pose 2"]
     np.save(tmp_path / "mine.npy", np.asarray(synthetic["synthetic pose 1"], np.float32))
     gallery = pose_gallery(service.context, str(tmp_path), num_examples=2)

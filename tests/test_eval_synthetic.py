@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from upgpt_jax import pipeline
+from upgpt_jax import sampling
 from upgpt_jax.diffusion import NoiseSchedule, guided_eps_fn
 from upgpt_jax.eval.denoiser import TIMESTEPS
 from upgpt_jax.eval.protocols import EvalOptions, ProtocolError, load_protocols
@@ -26,8 +26,8 @@ from upgpt_jax.data.synthetic import identity_from_id
 from upgpt_jax.eval.synthetic import (
     SCORED_PARTS, part_colour_accuracy, pose_transfer_scores, silhouette_iou, target_layout)
 from upgpt_jax.models.upgpt import UPGPT
-from upgpt_jax.pipeline.sampler import condition_embeddings, encode_conditions
-from upgpt_jax.pipeline.sources import DatasetExamples
+from upgpt_jax.sampling.sampler import condition_embeddings, encode_conditions
+from upgpt_jax.sampling.sources import DatasetExamples
 
 from references import vae_reconstructions_uint8  # noqa: E402  (tests/ is on sys.path under pytest)
 
@@ -84,10 +84,10 @@ def test_samples_are_the_pairs_targets_with_the_variant_conditions(result, check
     the same null embedding); the pose-withheld sample is drawn in the source's person mask without
     the SMPL token, and its colours are read where the source pose puts the parts. The other scores
     are those of the pictured images against the pair's target."""
-    loaded = pipeline.load_from_workdir(checkpointed_run)
+    loaded = sampling.load_from_workdir(checkpointed_run)
     examples = DatasetExamples(loaded.config, "test")
     assert len(result.worst) == NUM_EXAMPLES
-    settings = pipeline.SamplingSettings.from_config(loaded.config.sampling, batch_size=NUM_EXAMPLES, **SAMPLING)
+    settings = sampling.SamplingSettings.from_config(loaded.config.sampling, batch_size=NUM_EXAMPLES, **SAMPLING)
     for label, images in result.worst:
         index = int(label.split()[1])  # "example 13\npose_transfer\nSSIM 0.42"
         source, truth, reconstruction, *samples = images
@@ -95,7 +95,7 @@ def test_samples_are_the_pairs_targets_with_the_variant_conditions(result, check
         np.testing.assert_array_equal(source, examples.image(index, "source"))
         np.testing.assert_array_equal(truth, examples.image(index))
         person = examples.person(index)
-        without_style = pipeline.Sampler(loaded, settings)([dataclasses.replace(person, style_images={})], [index])
+        without_style = sampling.Sampler(loaded, settings)([dataclasses.replace(person, style_images={})], [index])
         # Same values by another route (style_present instead of drop_style); 1 level of uint8 rounding slack.
         assert np.abs(by_variant["text_pose"].astype(int) - without_style[0]).max() <= 1
         scores = pose_transfer_scores(by_variant["pose_transfer"][None], truth[None])
@@ -105,7 +105,7 @@ def test_samples_are_the_pairs_targets_with_the_variant_conditions(result, check
 
         source_mask = examples.person(index, "source").mask
         assert not np.array_equal(source_mask, person.mask)
-        no_pose = pipeline.Sampler(loaded, dataclasses.replace(settings, dropped=("pose",)))(
+        no_pose = sampling.Sampler(loaded, dataclasses.replace(settings, dropped=("pose",)))(
             [dataclasses.replace(person, mask=source_mask)], [index])
         np.testing.assert_array_equal(by_variant["text_style"], no_pose[0])
         iou = silhouette_iou(no_pose, person.mask[None])
@@ -127,7 +127,7 @@ def test_samples_are_the_pairs_targets_with_the_variant_conditions(result, check
 def test_autoencoder_ceiling_scores_the_vae_reconstructions_of_the_targets(result, checkpointed_run):
     """autoencoder/*: the targets through the VAE (posterior mean, unscaled latents, decoder), as
     uint8, scored like the samples; worst.png shows them beside the ground truth."""
-    loaded = pipeline.load_from_workdir(checkpointed_run)
+    loaded = sampling.load_from_workdir(checkpointed_run)
     examples = DatasetExamples(loaded.config, "test")
     truth = np.stack([examples.image(index) for index in range(NUM_EXAMPLES)])
     expected = vae_reconstructions_uint8(loaded.model, loaded.params, truth)
@@ -146,7 +146,7 @@ def test_autoencoder_ceiling_scores_the_vae_reconstructions_of_the_targets(resul
 def test_denoiser_sensitivity_is_the_relative_eps_error_without_each_condition(result, checkpointed_run):
     """denoiser/* against the guidance code's route to the same predictions (guided_eps_fn with
     `dropped`, unit scales), on the pairs' targets noised as the protocol documents."""
-    loaded = pipeline.load_from_workdir(checkpointed_run)
+    loaded = sampling.load_from_workdir(checkpointed_run)
     examples = DatasetExamples(loaded.config, "test")
     inputs = encode_conditions(loaded, [examples.person(index) for index in range(NUM_EXAMPLES)])
     conditions = condition_embeddings(loaded.clip, loaded.clip_params, {k: jnp.asarray(v) for k, v in inputs.items()})
@@ -195,7 +195,7 @@ def test_eval_cli_writes_the_table_json_and_worst_cases(checkpointed_run, tmp_pa
 
 
 def test_a_run_on_another_dataset_is_refused(checkpointed_run, tmp_path, monkeypatch):
-    loaded = pipeline.load_from_workdir(checkpointed_run)
+    loaded = sampling.load_from_workdir(checkpointed_run)
     with loaded.config.unlocked():
         loaded.config.data.dataset = "deepfashion_upgpt"
     monkeypatch.setattr("upgpt_jax.eval.protocols.synthetic.load_model", lambda options: loaded)

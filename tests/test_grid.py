@@ -4,7 +4,7 @@ import numpy as np
 
 from upgpt_jax.eval.protocols import EvalResult
 from upgpt_jax.eval.report import worst_grid, write_report
-from upgpt_jax.pipeline.grid import LINE_HEIGHT, image_grid, label_layout, text_size
+from upgpt_jax.sampling.grid import LINE_HEIGHT, image_grid, label_layout, text_size
 
 CELL = np.zeros((64, 48, 3), np.uint8)  # synthetic_tiny's image size
 

@@ -2,7 +2,7 @@
 
 A cycle between two subpackages means neither can be understood, tested or
 moved without the other; a run-directory module below `train/` and
-`pipeline/` (issue 19) exists to keep them apart. The graph is read with
+`sampling/` (issue 19) exists to keep them apart. The graph is read with
 `ast`, so nothing is imported, and function-level (lazy) imports count too:
 a lazy import is still a dependency.
 """
@@ -100,6 +100,6 @@ def test_no_import_cycles_between_subpackages():
 
 def test_run_directory_and_weight_files_sit_below_their_users():
     graph = import_graph()
-    users = {f"{PACKAGE}.{name}" for name in ("train", "pipeline", "eval", "convert", "app")}
+    users = {f"{PACKAGE}.{name}" for name in ("train", "sampling", "eval", "convert", "app")}
     assert not graph[f"{PACKAGE}.rundir"] & users
     assert not graph[f"{PACKAGE}.weights"] & (users | {f"{PACKAGE}.models", f"{PACKAGE}.rundir"})

@@ -27,7 +27,7 @@ from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 
 from conftest import jax_compilation_cache  # noqa: E402
 from test_train import assert_trees_equal, host_copy, small_config  # noqa: E402
-from upgpt_jax import pipeline, storage  # noqa: E402
+from upgpt_jax import sampling, storage  # noqa: E402
 from upgpt_jax.rundir.layout import CHECKPOINT_DIR  # noqa: E402
 from upgpt_jax.train import trainer  # noqa: E402
 
@@ -187,11 +187,11 @@ def test_train_preempt_resume_and_sample_in_a_bucket(gcs, tmp_path, monkeypatch)
     # sample.py's code path: the run's config, checked requests, the newest checkpoint, outputs.
     out = f"{BUCKET}/out"
     request = {"task": "generate", "example": 0, "num": 1, "name": "gen"}
-    jobs = pipeline.plan_requests(pipeline.run_config(run)[0], [request])
-    loaded = pipeline.load_from_workdir(run)
+    jobs = sampling.plan_requests(sampling.run_config(run)[0], [request])
+    loaded = sampling.load_from_workdir(run)
     assert loaded.source == {"workdir": run, "step": 5, "weights": "ema"}
-    settings = pipeline.SamplingSettings.from_config(loaded.config.sampling, num_steps=2, batch_size=1)
-    folders = pipeline.run_jobs(loaded, jobs, out, settings, progress=False)
+    settings = sampling.SamplingSettings.from_config(loaded.config.sampling, num_steps=2, batch_size=1)
+    folders = sampling.run_jobs(loaded, jobs, out, settings, progress=False)
     assert [str(folder) for folder in folders] == [f"{out}/gen"]
     written = {path.name: path for path in storage.path(f"{out}/gen").iterdir()}
     assert {"sample_000.png", "grid.png", "samples.json"} <= set(written)
@@ -266,9 +266,9 @@ def test_features_data_params_and_reports_in_a_bucket(gcs, tmp_path):
 
 def test_request_names_never_leave_the_output_folder(tiny_config):
     for name in ("../x", "a/b", "..", ".", "a\\b"):
-        with pytest.raises(pipeline.ConditionError, match="one folder name"):
-            pipeline.plan_requests(tiny_config, [{"task": "generate", "example": 0, "name": name}])
-    assert [job.name for job in pipeline.plan_requests(tiny_config, [{"task": "generate", "example": 0,
+        with pytest.raises(sampling.ConditionError, match="one folder name"):
+            sampling.plan_requests(tiny_config, [{"task": "generate", "example": 0, "name": name}])
+    assert [job.name for job in sampling.plan_requests(tiny_config, [{"task": "generate", "example": 0,
                                                                       "name": "a..b"}])] == ["a..b"]
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from upgpt_jax.pipeline import ConditionError, TaskContext, plan
-from upgpt_jax.pipeline.outputs import write_job
-from upgpt_jax.pipeline.sources import mesh_mask
+from upgpt_jax.sampling import ConditionError, TaskContext, plan
+from upgpt_jax.sampling.outputs import write_job
+from upgpt_jax.sampling.sources import mesh_mask
 from upgpt_jax.smpl.__main__ import convert_to_npz
 
 # A rectangle in FrankMocap's 256x192 pixel frame: pixel centres (c + 0.5, r + 0.5) inside it are

@@ -20,8 +20,8 @@ from transformers import CLIPModel
 from upgpt_jax.config_base import STYLE_PARTS, pod_config, released_weights
 from upgpt_jax.models.clip import clip_config, clip_from_config
 from upgpt_jax.models.upgpt import build_model
-from upgpt_jax.pipeline import ConditionError, LoadedModel, Person, TaskContext, plan
-from upgpt_jax.pipeline.sampler import condition_embeddings, encode_conditions
+from upgpt_jax.sampling import ConditionError, LoadedModel, Person, TaskContext, plan
+from upgpt_jax.sampling.sampler import condition_embeddings, encode_conditions
 from upgpt_jax.tokenizer import load_clip_tokenizer, tokenize
 
 # The original's CLIP normalisation constants (deepfashion_inshop.py:128-129), written out here.

@@ -22,7 +22,7 @@ import pytest
 
 from test_train import (  # noqa: F401 (shared_compilation_cache: the module's autouse XLA cache)
     REPO, read_metrics, shared_compilation_cache, small_config, subprocess_env, write_config_file)
-from upgpt_jax.pipeline import ConditionError, plan_requests
+from upgpt_jax.sampling import ConditionError, plan_requests
 from upgpt_jax.rundir.layout import CHECKPOINT_DIR
 from upgpt_jax.rundir.shardings import with_shardings
 from upgpt_jax.train import trainer

@@ -3,7 +3,7 @@ from absl import flags
 
 from upgpt_jax.cli_flags import define_sampler_flags, sampler_overrides
 from upgpt_jax.config_base import released_config
-from upgpt_jax.pipeline import SamplingSettings
+from upgpt_jax.sampling import SamplingSettings
 
 
 def settings(*args: str) -> SamplingSettings:

@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from upgpt_jax import pipeline
-from upgpt_jax.pipeline.conditions import ConditionError, read_smpl
+from upgpt_jax import sampling
+from upgpt_jax.sampling.conditions import ConditionError, read_smpl
 from upgpt_jax.smpl.interpolate import interpolate_smpl
 
 from conftest import scaled_random_params
 
-SETTINGS = pipeline.SamplingSettings(method="ddim", num_steps=4, batch_size=8,
+SETTINGS = sampling.SamplingSettings(method="ddim", num_steps=4, batch_size=8,
                                      guidance=(("pose", 1.0), ("style", 2.0), ("text", 2.0)))
 
 
 @pytest.fixture(scope="module")
 def loaded(checkpointed_run):
-    return pipeline.load_from_workdir(checkpointed_run)
+    return sampling.load_from_workdir(checkpointed_run)
 
 
 def test_loads_the_ema_weights_and_the_run_config(loaded, tiny_model, tiny_config):
@@ -45,7 +45,7 @@ def test_converted_weights_bring_their_condition_statistics_or_are_refused(tiny_
     params["condition_stats"] = {name: value + 0.5 for name, value in params["condition_stats"].items()}
     sources = [{"path": "/weights/upgpt.ckpt", "bytes": 123}]  # as `python -m upgpt_jax.convert` records them
     save_params(tmp_path / "with", params, {"sources": sources})
-    loaded = pipeline.load_from_params(tmp_path / "with", tiny_config)
+    loaded = sampling.load_from_params(tmp_path / "with", tiny_config)
     assert loaded.source["converted_from"] == sources
     for name, value in params["condition_stats"].items():
         np.testing.assert_array_equal(np.asarray(loaded.params["condition_stats"][name]), value)
@@ -55,10 +55,10 @@ def test_converted_weights_bring_their_condition_statistics_or_are_refused(tiny_
     without["fusion"] = {name: tree for name, tree in without["fusion"].items() if name != "null_text"}
     save_params(tmp_path / "without", without, {"source": "test"})
     with pytest.raises(ValueError, match="without.*no condition statistics.*standardize_conditions=False"):
-        pipeline.load_from_params(tmp_path / "without", tiny_config)
+        sampling.load_from_params(tmp_path / "without", tiny_config)
     plain = tiny_config.copy_and_resolve_references()
     plain.model.standardize_conditions = False
-    plain_loaded = pipeline.load_from_params(tmp_path / "without", plain)
+    plain_loaded = sampling.load_from_params(tmp_path / "without", plain)
     assert "condition_stats" not in plain_loaded.params
     assert plain_loaded.source["initialised"] == ["null_text"]  # the missing null is freshly initialised
 
@@ -74,7 +74,7 @@ def outputs(loaded, tmp_path_factory):
         {"task": "interpolate", "example": 3, "frames": 4, "name": "interp"},
         {"task": "pose_transfer", "example": 3, "name": "transfer_again"},
     ]
-    folders = pipeline.run_requests(loaded, requests, out, SETTINGS, progress=False)
+    folders = sampling.run_requests(loaded, requests, out, SETTINGS, progress=False)
     return out, {folder.name: folder for folder in folders}
 
 
@@ -117,12 +117,12 @@ def test_edit_changes_the_edited_sample_only_through_its_conditions(outputs):
 def test_interpolation_endpoints_are_the_input_poses(outputs, loaded):
     _, folders = outputs
     record = json.loads((folders["interp"] / "samples.json").read_text())
-    examples = pipeline.TaskContext(loaded.config).examples
+    examples = sampling.TaskContext(loaded.config).examples
     start, end = examples.person(3, "source").smpl, examples.person(3).smpl
     frames = [np.asarray(sample["conditions"]["smpl"], np.float32) for sample in record["samples"]]
     np.testing.assert_allclose(frames[0], start, atol=1e-6)  # JSON keeps 6 decimals
     np.testing.assert_allclose(frames[-1], end, atol=1e-6)
-    job = pipeline.plan(pipeline.TaskContext(loaded.config), {"task": "interpolate", "example": 3, "frames": 4})
+    job = sampling.plan(sampling.TaskContext(loaded.config), {"task": "interpolate", "example": 3, "frames": 4})
     np.testing.assert_array_equal(job.people[0].smpl, start)
     np.testing.assert_array_equal(job.people[-1].smpl, end)
     np.testing.assert_allclose(np.stack([p.smpl for p in job.people]), interpolate_smpl(start, end, 4, "slerp"),
@@ -142,7 +142,7 @@ def test_interpolation_endpoints_are_the_input_poses(outputs, loaded):
 ])
 def test_bad_requests_fail_before_compute(loaded, request_, message):
     with pytest.raises(ConditionError, match=message):
-        pipeline.plan_requests(loaded.config, [request_])
+        sampling.plan_requests(loaded.config, [request_])
 
 
 def test_smpl_files_of_every_kind(tmp_path):

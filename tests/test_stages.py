@@ -39,7 +39,7 @@ def test_eval_scores_a_vae_stage_run_by_its_reconstructions(vae_run, tmp_path):
     """eval.py --protocol synthetic on a VAE-stage run: autoencoder/* alone, from the run's EMA VAE."""
     from upgpt_jax.eval.protocols import EvalOptions, load_protocols
     from upgpt_jax.eval.synthetic import SCORED_PARTS, pose_transfer_scores
-    from upgpt_jax.pipeline.sources import DatasetExamples
+    from upgpt_jax.sampling.sources import DatasetExamples
 
     workdir, result = vae_run
     evaluated = load_protocols()["synthetic"](EvalOptions(out_dir=str(tmp_path), workdir=str(workdir),

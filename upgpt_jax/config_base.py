@@ -182,7 +182,7 @@ def released_config() -> ml_collections.ConfigDict:
         peak_tflops=0.0,
     ))
 
-    # Sampling (sample.py, upgpt_jax.pipeline, training sample grids). Guidance scales are per
+    # Sampling (sample.py, upgpt_jax.sampling, training sample grids). Guidance scales are per
     # condition, chained pose -> style -> text; 1.0 everywhere is no guidance (one UNet call per
     # step), which is what the released code ran.
     c.sampling = ml_collections.ConfigDict(dict(

@@ -1,6 +1,6 @@
 """The programs `upgpt_jax.aot` compiles, built from the trainer's and the sampler's own code.
 
-Each is the real jitted function (`train.step.make_train_step`, `pipeline.sampler.jitted_sampler`)
+Each is the real jitted function (`train.step.make_train_step`, `sampling.sampler.jitted_sampler`)
 with abstract arguments: ShapeDtypeStructs carrying the shardings the run would use on a mesh of
 the target devices. Nothing is allocated, so the 425 M-parameter model fits any host; the devices
 may be compile-only TPU devices of a topology this host does not have.
@@ -21,7 +21,7 @@ from upgpt_jax.diffusion import guidance_branches, guided_eps_fn
 from upgpt_jax.flops import latent_size, train_step_flops, unet_forward_flops
 from upgpt_jax.models.clip import build_clip_encoders, clip_config, clip_param_shapes
 from upgpt_jax.models.upgpt import build_model
-from upgpt_jax.pipeline.sampler import SamplingSettings, jitted_sampler
+from upgpt_jax.sampling.sampler import SamplingSettings, jitted_sampler
 from upgpt_jax.sharding import batch_sharding, make_mesh, on_mesh, weight_shardings
 from upgpt_jax.train.optimizer import make_optimizer
 from upgpt_jax.train.state import abstract_state, with_shardings
@@ -91,7 +91,7 @@ def train_features(model_config: ml_collections.ConfigDict, sharding: NamedShard
 
 
 def sampler_inputs(model_config: ml_collections.ConfigDict, sharding: NamedSharding, batch: int) -> dict[str, jax.ShapeDtypeStruct]:
-    """What pipeline.sampler.encode_conditions produces for `batch` people, plus their seeds."""
+    """What sampling.sampler.encode_conditions produces for `batch` people, plus their seeds."""
     height, width = latent_size(model_config)
     clip, parts = model_config.clip, model_config.fusion.num_parts
     return {

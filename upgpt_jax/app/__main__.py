@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     check_model_flags()
-    from upgpt_jax import pipeline
+    from upgpt_jax import sampling
     from upgpt_jax.app.layout import build_page
     from upgpt_jax.app.poses import pose_gallery, thumbnails
     from upgpt_jax.app.requests import generate_request
@@ -42,9 +42,9 @@ def main(argv: list[str]) -> None:
     overrides = sampler_overrides()
     enable_compilation_cache()
     if flags.FLAGS.workdir:
-        loaded = pipeline.load_from_workdir(flags.FLAGS.workdir, flags.FLAGS.step, flags.FLAGS.weights)
+        loaded = sampling.load_from_workdir(flags.FLAGS.workdir, flags.FLAGS.step, flags.FLAGS.weights)
     else:
-        loaded = pipeline.load_from_params(flags.FLAGS.params, flags.FLAGS.config)
+        loaded = sampling.load_from_params(flags.FLAGS.params, flags.FLAGS.config)
     service = SamplingService(loaded, dict(overrides, batch_size=flags.FLAGS.batch_size), flags.FLAGS.smpl_model_dir)
     gallery = pose_gallery(service.context, flags.FLAGS.pose_dir, flags.FLAGS.gallery_examples)
     warm_up = generate_request("a person", next(iter(gallery.values())), [], 1, 0)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from upgpt_jax import storage
-from upgpt_jax.pipeline import ConditionError, TaskContext
+from upgpt_jax.sampling import ConditionError, TaskContext
 
 # ../shared/samples/deepfashion beside the checkout: FrankMocap outputs of the original app.
 DEFAULT_POSE_DIR = pathlib.Path(__file__).resolve().parents[3] / "shared/samples/deepfashion/app_cache/pose"

@@ -1,6 +1,6 @@
-"""Page inputs -> the request dicts that sample.py reads from JSONL (see pipeline/tasks.py).
+"""Page inputs -> the request dicts that sample.py reads from JSONL (see sampling/tasks.py).
 
-The app builds requests and lets the pipeline check them, so a bad input in the page gets the very
+The app builds requests and lets the sampling package check them, so a bad input in the page gets the very
 message sample.py prints for it. Uploads arrive as local file paths: crops and SMPL files are
 passed by path, as a JSONL request would name them.
 """
@@ -16,7 +16,7 @@ from typing import Any
 def whole_number(value: Any, field: str) -> int:
     """A page number field as an int (an emptied field arrives as None)."""
     if value is None or value == "" or float(value) != int(float(value)):
-        from upgpt_jax.pipeline import ConditionError
+        from upgpt_jax.sampling import ConditionError
 
         raise ConditionError(f"{field}: expected a whole number, got {value!r}")
     return int(float(value))
@@ -25,7 +25,7 @@ def whole_number(value: Any, field: str) -> int:
 def real_number(value: Any, field: str) -> float:
     """A page number field as a float (an emptied field arrives as None)."""
     if value is None or value == "":
-        from upgpt_jax.pipeline import ConditionError
+        from upgpt_jax.sampling import ConditionError
 
         raise ConditionError(f"{field}: expected a number, got {value!r}")
     return float(value)
@@ -37,7 +37,7 @@ def pose_spec(choice: str | None, upload: str | None, gallery: Mapping[str, Any]
         return str(upload)
     if choice in gallery:
         return gallery[choice]
-    from upgpt_jax.pipeline import ConditionError
+    from upgpt_jax.sampling import ConditionError
 
     raise ConditionError(f"{field}: pick a pose from the gallery or upload an SMPL file "
                          "(.p/.pkl FrankMocap, .npz, .npy, .json)")
@@ -45,7 +45,7 @@ def pose_spec(choice: str | None, upload: str | None, gallery: Mapping[str, Any]
 
 def style_assignment(part: str, crop: str | None, text: str | None, example: str | None) -> str | None:
     """One part's style as sample.py's `--style`/`--edit` value (crop, else text, else a dataset
-    example's crop; the pipeline checks each), or None when the part is left empty."""
+    example's crop; sampling checks each), or None when the part is left empty."""
     if crop:
         return f"{part}={crop}"
     if text and text.strip():
@@ -93,7 +93,7 @@ def edit_request(example: Any, part: str, text: str | None, crop: str | None, do
     """Example `example` with `part` restyled by a crop, a text or another example's crop."""
     edit = style_assignment(str(part).strip(), crop, text, donor)
     if edit is None:
-        from upgpt_jax.pipeline import ConditionError
+        from upgpt_jax.sampling import ConditionError
 
         raise ConditionError(f"edit: give {part!r} a new style: an image, a text or an example")
     return {"task": "edit", "example": whole_number(example, "example"), "edits": [edit],

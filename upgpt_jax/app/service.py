@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from upgpt_jax import pipeline
-from upgpt_jax.pipeline.outputs import image_grid, write_animation
-from upgpt_jax.pipeline.run import sample_jobs
+from upgpt_jax import sampling
+from upgpt_jax.sampling.outputs import image_grid, write_animation
+from upgpt_jax.sampling.run import sample_jobs
 
 
 def error_line(error: BaseException) -> str:
@@ -33,7 +33,7 @@ def error_line(error: BaseException) -> str:
 class Result:
     """A sampled request: the planned job, its images (uint8 N x H x W x 3) and its person masks."""
 
-    job: pipeline.Job
+    job: sampling.Job
     images: np.ndarray
     seconds: float
 
@@ -59,34 +59,34 @@ class Result:
 
 
 class SamplingService:
-    """Plans requests with the pipeline's checks and samples them with cached compiled samplers."""
+    """Plans requests with the sampling package's checks and samples them with cached compiled samplers."""
 
-    def __init__(self, loaded: pipeline.LoadedModel, defaults: Mapping[str, Any], smpl_model_dir: str | None = None,
+    def __init__(self, loaded: sampling.LoadedModel, defaults: Mapping[str, Any], smpl_model_dir: str | None = None,
                  keep_samplers: int = 4):
         self.loaded = loaded
-        self.context = pipeline.TaskContext(loaded.config, smpl_model_dir)
-        self.defaults = pipeline.SamplingSettings.from_config(loaded.config.sampling, **defaults)
-        self._samplers: collections.OrderedDict[pipeline.SamplingSettings, pipeline.Sampler] = (
+        self.context = sampling.TaskContext(loaded.config, smpl_model_dir)
+        self.defaults = sampling.SamplingSettings.from_config(loaded.config.sampling, **defaults)
+        self._samplers: collections.OrderedDict[sampling.SamplingSettings, sampling.Sampler] = (
             collections.OrderedDict())
-        self._compiled: set[pipeline.SamplingSettings] = set()
+        self._compiled: set[sampling.SamplingSettings] = set()
         self._keep = keep_samplers
         self._lock = threading.Lock()
         self.ready = threading.Event()
         self.warm_up_seconds: float | None = None
         self.warm_up_error: str | None = None
 
-    def settings(self, method: str, num_steps: int, guidance: Mapping[str, float]) -> pipeline.SamplingSettings:
+    def settings(self, method: str, num_steps: int, guidance: Mapping[str, float]) -> sampling.SamplingSettings:
         """The default settings with the page's sampler, step count and guidance scales."""
         return dataclasses.replace(self.defaults, method=method, num_steps=int(num_steps),
                                    guidance=tuple(sorted((name, float(scale)) for name, scale in guidance.items())))
 
-    def is_compiled(self, settings: pipeline.SamplingSettings) -> bool:
+    def is_compiled(self, settings: sampling.SamplingSettings) -> bool:
         return settings in self._compiled
 
-    def run(self, request: Mapping[str, Any], settings: pipeline.SamplingSettings | None = None) -> Result:
-        """Plan `request` (bad inputs raise `pipeline.ConditionError` before any compute) and sample it."""
+    def run(self, request: Mapping[str, Any], settings: sampling.SamplingSettings | None = None) -> Result:
+        """Plan `request` (bad inputs raise `sampling.ConditionError` before any compute) and sample it."""
         settings = settings or self.defaults
-        job = pipeline.plan(self.context, request)
+        job = sampling.plan(self.context, request)
         with self._lock:
             sampler = self._sampler(settings)
             start = time.perf_counter()
@@ -104,9 +104,9 @@ class SamplingService:
         finally:
             self.ready.set()
 
-    def _sampler(self, settings: pipeline.SamplingSettings) -> pipeline.Sampler:
+    def _sampler(self, settings: sampling.SamplingSettings) -> sampling.Sampler:
         if settings not in self._samplers:
-            self._samplers[settings] = pipeline.Sampler(self.loaded, settings)  # checks method and steps
+            self._samplers[settings] = sampling.Sampler(self.loaded, settings)  # checks method and steps
             while len(self._samplers) > self._keep:
                 dropped, _ = self._samplers.popitem(last=False)
                 self._compiled.discard(dropped)

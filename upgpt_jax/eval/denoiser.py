@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from upgpt_jax.diffusion import NoiseSchedule
 from upgpt_jax.distributed import host_to_global
 from upgpt_jax.models.upgpt import UPGPT
-from upgpt_jax.pipeline.sampler import condition_embeddings, encode_conditions
+from upgpt_jax.sampling.sampler import condition_embeddings, encode_conditions
 from upgpt_jax.sharding import batch_sharding, batch_shards, on_mesh, pad_batch
 
 TIMESTEPS = (250, 500, 750)

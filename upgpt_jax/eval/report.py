@@ -9,8 +9,8 @@ import numpy as np
 
 from upgpt_jax import storage
 from upgpt_jax.eval.protocols import EvalResult
-from upgpt_jax.pipeline.grid import image_grid
-from upgpt_jax.pipeline.outputs import jsonable
+from upgpt_jax.sampling.grid import image_grid
+from upgpt_jax.sampling.outputs import jsonable
 
 
 def format_table(result: EvalResult) -> str:

@@ -18,10 +18,10 @@ from jax.sharding import Mesh
 from upgpt_jax import storage
 from upgpt_jax.distributed import is_main_process
 from upgpt_jax.models.upgpt import UPGPT
-from upgpt_jax.pipeline.loading import LoadedModel
-from upgpt_jax.pipeline.grid import image_grid
-from upgpt_jax.pipeline.sampler import Sampler, SamplingSettings
-from upgpt_jax.pipeline.sources import DatasetExamples
+from upgpt_jax.sampling.loading import LoadedModel
+from upgpt_jax.sampling.grid import image_grid
+from upgpt_jax.sampling.sampler import Sampler, SamplingSettings
+from upgpt_jax.sampling.sources import DatasetExamples
 from upgpt_jax.tokenizer import load_clip_tokenizer
 
 SAMPLES_DIR = "samples"

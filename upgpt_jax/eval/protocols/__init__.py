@@ -85,20 +85,20 @@ class ProtocolError(ValueError):
 
 def load_model(options: EvalOptions) -> Any:
     """The model to evaluate: `--workdir` (a training run) or `--params` with `--config`."""
-    from upgpt_jax import pipeline
+    from upgpt_jax import sampling
 
     if options.workdir:
-        return pipeline.load_from_workdir(options.workdir, options.step, options.weights)
+        return sampling.load_from_workdir(options.workdir, options.step, options.weights)
     if options.params_dir:
         if options.config is None:
             raise ProtocolError("--params needs --config (the config the weights fit)")
-        return pipeline.load_from_params(options.params_dir, options.config)
+        return sampling.load_from_params(options.params_dir, options.config)
     raise ProtocolError("give --workdir (a training run) or --params with --config, or --samples_dir with "
                         "images generated already")
 
 
 def sampling_settings(loaded: Any, options: EvalOptions) -> Any:
     """The run's `config.sampling` with eval.py's overrides (method, num_steps, eta, guidance, batch)."""
-    from upgpt_jax.pipeline import SamplingSettings
+    from upgpt_jax.sampling import SamplingSettings
 
     return SamplingSettings.from_config(loaded.config.sampling, batch_size=options.batch_size, **options.sampling)

@@ -8,7 +8,7 @@
   style crops (the original's loader always fed the `from` image's crops); FID headline.
 
 With `--samples_dir` the samples already exist (the original's results/samples, or ours) and
-only the evaluation runs; otherwise the model is loaded and every row sampled with the pipeline's
+only the evaluation runs; otherwise the model is loaded and every row sampled with the sampling package's
 Sampler, noise seed `--seed` + row index (a `--num_examples` run gives the full run's first images).
 Like the original's test step, ground truths go to OUT/gt and samples to OUT/samples, both
 centre-cropped 256x176 (from 256x192) and saved as JPEG (PIL's default quality) under the
@@ -132,8 +132,8 @@ def _write_ground_truth(name: str, image: np.ndarray, gt_dir: Path, crop: tuple[
 def _generate(loaded: Any, options: EvalOptions, data_dir: Path, pairs: Sequence[tuple[str, str]],
               names: Sequence[str], out_dirs: tuple[Path, Path], crop: tuple[int, int]) -> dict[str, Any]:
     """Sample every pair into samples/ and write its ground truth into gt/; returns the settings used."""
-    from upgpt_jax.pipeline import Sampler
-    from upgpt_jax.pipeline.conditions import person_from_record
+    from upgpt_jax.sampling import Sampler
+    from upgpt_jax.sampling.conditions import person_from_record
 
     gt_dir, sample_dir = out_dirs
     settings = sampling_settings(loaded, options)

@@ -60,7 +60,7 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
     with phase("load the model"):
         loaded = load_model(options)
     config = loaded.config
-    from upgpt_jax.pipeline import Sampler
+    from upgpt_jax.sampling import Sampler
 
     targets = _Targets.of(config, options.num_examples)
     examples, people, truth = targets.examples, targets.people, targets.truth
@@ -128,7 +128,7 @@ def _worst_label(index: int, group: str, per_example: dict[str, list[float]]) ->
 class _Targets:
     """The first test pairs of the run's synthetic dataset: whom to sample, and what to compare with."""
 
-    examples: Any  # pipeline.sources.DatasetExamples of the test split
+    examples: Any  # sampling.sources.DatasetExamples of the test split
     people: list[Any]
     truth: np.ndarray  # uint8 (N, H, W, 3) target images
     layouts: list[TargetLayout]
@@ -139,7 +139,7 @@ class _Targets:
         if config.data.dataset != "synthetic_people":
             raise ProtocolError(f"--protocol=synthetic needs a model trained on synthetic_people; this run's "
                                 f"dataset is {config.data.dataset!r}")
-        from upgpt_jax.pipeline.sources import DatasetExamples
+        from upgpt_jax.sampling.sources import DatasetExamples
 
         examples = DatasetExamples(config, "test")
         count = min(num_examples or DEFAULT_NUM_EXAMPLES, len(examples))
@@ -204,7 +204,7 @@ def vae_reconstructions(model: Any, params: Any, images: np.ndarray, batch_size:
     import jax
 
     from upgpt_jax.eval.placement import eval_mesh, padded_size, place_batch
-    from upgpt_jax.pipeline.sampler import to_uint8
+    from upgpt_jax.sampling.sampler import to_uint8
     from upgpt_jax.sharding import on_mesh
 
     def reconstruct(module: Any, x: Any) -> Any:
@@ -276,7 +276,7 @@ def _interpolation(sampler: Any, examples: Any, pairs: int, image_size: tuple[in
                    seed: int) -> dict[str, float]:
     """Mean identity consistency over `pairs` source -> target sweeps (one seed per sweep)."""
     from upgpt_jax.data.synthetic import identity_from_id
-    from upgpt_jax.pipeline.sources import silhouette
+    from upgpt_jax.sampling.sources import silhouette
     from upgpt_jax.smpl.interpolate import interpolate_smpl
 
     drift, agreement = [], []

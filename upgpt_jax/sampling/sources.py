@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from upgpt_jax.data.transforms import nearest_resize
-from upgpt_jax.pipeline.conditions import ConditionError, Person, person_from_record
+from upgpt_jax.sampling.conditions import ConditionError, Person, person_from_record
 
 DEFAULT_MANNEQUIN = 1  # identity whose silhouette stands in when the person's own is unknown
 # The pixel frame of pred_vertices_img in the original's pose files (smpl_256/<path>.p): FrankMocap

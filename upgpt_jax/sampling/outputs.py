@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 
 from upgpt_jax import storage
-from upgpt_jax.pipeline.grid import image_grid
-from upgpt_jax.pipeline.tasks import Job
+from upgpt_jax.sampling.grid import image_grid
+from upgpt_jax.sampling.tasks import Job
 
 
 def write_job(out_dir: str | pathlib.Path, job: Job, images: np.ndarray,

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from upgpt_jax.pipeline.conditions import (
+from upgpt_jax.sampling.conditions import (
     ConditionError, Person, check_part, parse_style_assignments, read_mask, read_smpl, read_smpl_mesh, read_style_folder)
-from upgpt_jax.pipeline.sources import DatasetExamples, mesh_mask, silhouette, silhouette_kind
+from upgpt_jax.sampling.sources import DatasetExamples, mesh_mask, silhouette, silhouette_kind
 from upgpt_jax.smpl.interpolate import METHODS, interpolate_smpl
 
 TASKS = ("generate", "pose_transfer", "edit", "interpolate")

@@ -25,8 +25,8 @@ from upgpt_jax.distributed import host_to_global
 from upgpt_jax.diffusion import GUIDANCE_ORDER, NoiseSchedule, guided_eps_fn, sample, sampling_timesteps
 from upgpt_jax.models.clip import encode_style_images, encode_style_texts, encode_text_tokens
 from upgpt_jax.models.upgpt import UPGPT
-from upgpt_jax.pipeline.conditions import Person, check_person
-from upgpt_jax.pipeline.loading import LoadedModel
+from upgpt_jax.sampling.conditions import Person, check_person
+from upgpt_jax.sampling.loading import LoadedModel
 from upgpt_jax.sharding import batch_sharding, batch_shards, on_mesh, pad_batch
 from upgpt_jax.tokenizer import tokenize
 

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from upgpt_jax import storage
-from upgpt_jax.pipeline.conditions import ConditionError
-from upgpt_jax.pipeline.loading import LoadedModel
-from upgpt_jax.pipeline.outputs import write_job
-from upgpt_jax.pipeline.sampler import Sampler, SamplingSettings
-from upgpt_jax.pipeline.tasks import Job, TaskContext, plan
+from upgpt_jax.sampling.conditions import ConditionError
+from upgpt_jax.sampling.loading import LoadedModel
+from upgpt_jax.sampling.outputs import write_job
+from upgpt_jax.sampling.sampler import Sampler, SamplingSettings
+from upgpt_jax.sampling.tasks import Job, TaskContext, plan
 
 
 def plan_requests(config: Any, requests: Sequence[Mapping[str, Any]], smpl_model_dir: str | None = None) -> list[Job]:
