@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 from upgpt_jax.data.records import RECORD_CONFIGS
 from upgpt_jax.data.synthetic import generate, make_example
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def time_generator(num_examples: int, image_size: tuple[int, int], style_size: int, workers: int) -> None:
@@ -42,8 +39,7 @@ def time_generator(num_examples: int, image_size: tuple[int, int], style_size: i
 
 
 def time_tfds_build(num_examples: int, config: str, workers: int) -> None:
-    sys.path.insert(0, str(_REPO_ROOT))  # the builders live in <repo>/data/
-    from data.synthetic_people import SyntheticPeople
+    from upgpt_jax.data.builders.synthetic_people import SyntheticPeople
 
     with tempfile.TemporaryDirectory() as data_dir:
         start = time.perf_counter()

@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data.synthetic_people import SyntheticPeople
+from upgpt_jax.data.builders.synthetic_people import SyntheticPeople
 from upgpt_jax.data.pipeline import InputPipeline
 from upgpt_jax.data.synthetic import make_example
 from upgpt_jax.data.transforms import pixel_transform_from_config

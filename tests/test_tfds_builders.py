@@ -8,14 +8,16 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data.deepfashion_upgpt import DeepfashionUpgpt
-from data.synthetic_people import SyntheticPeople
+from upgpt_jax.data.builders.deepfashion_upgpt import DeepfashionUpgpt
+from upgpt_jax.data.builders.synthetic_people import SyntheticPeople
 from deepfashion_fixture import TRAIN_ROWS, make_manual_dir, sample_paths
 from upgpt_jax.config_base import STYLE_PARTS
 from upgpt_jax.data.records import BadExampleError, identity_of, style_dirs
 from upgpt_jax.data.schema import check_record
 from upgpt_jax.data.synthetic import identity_split, split_identity_ids
 from upgpt_jax.smpl.frankmocap import load_smpl_vector
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _read_all(data_path, split):
@@ -110,3 +112,20 @@ def test_deepfashion_skip_bad_skips_and_reports(tmp_path):
     assert {entry["split"] for entry in report["skipped"]} == {"train", "test"}
     assert any("_mask.png" in entry["error"] for entry in report["skipped"])
     assert any(paths[0] in entry["error"] for entry in report["skipped"])
+
+
+@pytest.mark.parametrize("name, builder_cls", [("synthetic_people", SyntheticPeople),
+                                               ("deepfashion_upgpt", DeepfashionUpgpt)])
+def test_data_folder_holds_the_tfds_build_entry_points(tmp_path, name, builder_cls):
+    # How `tfds build data/<name>` finds its builder (the CLI itself needs TensorFlow to start).
+    with tfds.core.utils.add_sys_path(REPO / "data"):
+        entry_cls = tfds.core.community.builder_cls_from_module(f"{name}.{name}_dataset_builder")
+    assert issubclass(entry_cls, builder_cls) and entry_cls.name == name
+    assert tfds.builder_cls(name) is builder_cls  # the package's class keeps the registered name
+    if builder_cls is DeepfashionUpgpt:  # cheap to build: the entry point writes what the package's class does
+        builder = entry_cls(data_dir=tmp_path / "tfds")
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=make_manual_dir(tmp_path / "manual")))
+        assert builder.data_path == DeepfashionUpgpt(data_dir=tmp_path / "tfds").data_path
+        assert builder.info.description == DeepfashionUpgpt(data_dir=tmp_path / "tfds").info.description != ""
+        assert len(_read_all(builder.data_path, "train")) == TRAIN_ROWS

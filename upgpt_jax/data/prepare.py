@@ -5,15 +5,13 @@
 
 ``--image_size`` picks the config (64x48 with 32-pixel style crops, or 256x192 with 224).
 ``--data_dir`` may be a gs:// URL: the dataset is built in a temporary local folder and uploaded.
-TFDS shows a progress bar per split. The builders live in the repository's ``data/`` folder,
-which this module puts on ``sys.path``. Read the result with
-``tfds.builder_from_directory(PRINTED_DIR).as_data_source("train")``.
+TFDS shows a progress bar per split. The builders are :mod:`upgpt_jax.data.builders`. Read the
+result with ``tfds.builder_from_directory(PRINTED_DIR).as_data_source("train")``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +19,6 @@ from typing import Sequence
 from upgpt_jax import storage
 from upgpt_jax.cli_errors import fail
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 DATASETS = ("synthetic_people", "deepfashion_upgpt")
 
 
@@ -90,18 +87,16 @@ def _prepare_in_bucket(args: argparse.Namespace) -> storage.AnyPath:
 
 def _prepare(args: argparse.Namespace) -> Path:
     """Build the dataset in the local args.data_dir; return the directory of its splits."""
-    if str(_REPO_ROOT) not in sys.path:  # the builder packages live in <repo>/data/
-        sys.path.insert(0, str(_REPO_ROOT))
     import tensorflow_datasets as tfds
 
     if args.dataset == "synthetic_people":
-        from data.synthetic_people import SyntheticPeople
+        from upgpt_jax.data.builders.synthetic_people import SyntheticPeople
 
         extra = {} if args.num_examples is None else {"num_examples": args.num_examples}
         builder = SyntheticPeople(data_dir=args.data_dir, config=args.image_size, workers=args.workers, **extra)
         prepare_kwargs = {}
     else:
-        from data.deepfashion_upgpt import DeepfashionUpgpt
+        from upgpt_jax.data.builders.deepfashion_upgpt import DeepfashionUpgpt
 
         builder = DeepfashionUpgpt(data_dir=args.data_dir, config=args.image_size, skip_bad=args.skip_bad,
                                    pair_files={"train": args.train_pairs, "test": args.test_pairs})

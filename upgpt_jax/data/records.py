@@ -74,9 +74,9 @@ class RecordBuilder(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        config = self.builder_config
+        config = self.builder_config  # getdoc: data/<name>/'s undocumented `Builder`s describe as their parent
         return tfds.core.DatasetInfo(builder=self, features=tfds_features(config.image_size, config.style_size),
-                                     description=(self.__doc__ or "").split("\n\n")[0])
+                                     description=(inspect.getdoc(type(self)) or "").split("\n\n")[0])
 
     def _encode(self, record: Mapping[str, Any], source: str) -> dict[str, Any]:
         return encode_record(record, self.builder_config.image_size, self.builder_config.style_size, source)
