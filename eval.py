@@ -8,11 +8,13 @@
 
 Protocols (upgpt_jax/eval/protocols/): `synthetic` (the embedded dataset's held-out identities:
 silhouette IoU, part colour accuracy, pose-transfer SSIM/PSNR, interpolation identity consistency,
-the ablations with text, style or pose dropped, and the VAE's reconstructions as the ceiling; a
-VAE-stage workdir gets those alone), `upgpt_pose_transfer` and `upgpt_text_pose`
-(the paper's DeepFashion protocols: SSIM, MS-SSIM, LPIPS, FID). OUT gets metrics.json (the
-table, per-example values, settings) and worst.png (the worst cases). Weights for LPIPS and FID
-are local files only; a metric whose weights are not given is skipped and the JSON says so.
+the ablations with text, style or pose dropped, edit success, and the VAE's reconstructions as
+the ceiling; a VAE-stage workdir gets those alone), `synthetic_colour_free` (the same with content
+texts that name no colours, so colours come from the style crops alone), `upgpt_pose_transfer`
+and `upgpt_text_pose` (the paper's DeepFashion protocols: SSIM, MS-SSIM, LPIPS, FID). OUT gets
+metrics.json (the table, per-example values, settings) and worst.png (the worst cases). Weights
+for LPIPS and FID are local files only; a metric whose weights are not given is skipped and the
+JSON says so.
 """
 import sys
 
@@ -24,7 +26,7 @@ from upgpt_jax.cli_flags import define_model_flags, define_sampler_flags, sample
 define_model_flags()
 define_sampler_flags()
 
-flags.DEFINE_string("protocol", None, "synthetic | upgpt_pose_transfer | upgpt_text_pose.")
+flags.DEFINE_string("protocol", None, "synthetic | synthetic_colour_free | upgpt_pose_transfer | upgpt_text_pose.")
 flags.DEFINE_string("out", None, "Output folder (metrics.json, worst.png, and samples when generated).")
 flags.DEFINE_string("data_dir", None, "DeepFashion in the original layout (upgpt_* protocols).")
 flags.DEFINE_string("samples_dir", None, "Evaluate these generated images instead of sampling (upgpt_*).")

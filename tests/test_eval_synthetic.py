@@ -22,7 +22,8 @@ from upgpt_jax.diffusion import NoiseSchedule, guided_eps_fn
 from upgpt_jax.eval.denoiser import TIMESTEPS
 from upgpt_jax.eval.protocols import EvalOptions, ProtocolError, load_protocols
 from upgpt_jax.eval.protocols.synthetic import VARIANTS
-from upgpt_jax.data.synthetic import identity_from_id
+from upgpt_jax.data.synthetic import describe_colour_free, identity_from_id
+from upgpt_jax.eval.edit_success import choose_edit, edit_scores
 from upgpt_jax.eval.synthetic import (
     SCORED_PARTS, part_colour_accuracy, pose_transfer_scores, silhouette_iou, target_layout)
 from upgpt_jax.models.upgpt import UPGPT
@@ -122,6 +123,60 @@ def test_samples_are_the_pairs_targets_with_the_variant_conditions(result, check
                 assert value == float(predicted[part] == layout.requested[part])
             else:
                 assert np.isnan(value)
+
+
+def test_edit_success_samples_the_edit_tasks_person_with_the_pose_transfer_seed(result, checkpointed_run):
+    """The last column of worst.png is the edited sample: the `edit` task's edited person (its plan
+    of the recorded edit) from the pair's pose_transfer seed; its scores are edit_scores' of it."""
+    loaded = sampling.load_from_workdir(checkpointed_run)
+    examples = DatasetExamples(loaded.config, "test")
+    settings = sampling.SamplingSettings.from_config(loaded.config.sampling, batch_size=NUM_EXAMPLES, **SAMPLING)
+    assert result.details["columns of worst.png"][-1] == "edit"
+    layouts = [target_layout(identity_from_id(int(examples.record(index)["identity"])),
+                             np.asarray(examples.record(index)["smpl"]), tuple(loaded.config.model.image_size))
+               for index in range(NUM_EXAMPLES)]
+    for label, images in result.worst:
+        index = int(label.split()[1])
+        assignment = result.details["edits"][index]
+        edit = choose_edit(identity_from_id(int(examples.record(index)["identity"])), layouts[index], 0, index)
+        assert assignment == (edit.assignment if edit else None)
+        if edit is None:
+            continue
+        job = sampling.plan(sampling.TaskContext(loaded.config), {"task": "edit", "example": index,
+                                                                  "edits": [assignment], "seed": index})
+        expected = sampling.Sampler(loaded, settings)(job.people[1:], job.seeds[1:])
+        assert np.abs(images[-1].astype(int) - expected[0]).max() <= 1
+        unedited = images[3]  # the pose_transfer sample
+        scores = edit_scores(expected, unedited[None], [layouts[index]], [edit])
+        for name, values in scores.items():
+            assert result.per_example[name][index] == values[0]
+    for name in ("edit_success", "edit/part_hit", "edit/others_kept"):
+        values = np.array(result.per_example[name])
+        assert len(values) == NUM_EXAMPLES and set(values[~np.isnan(values)]) <= {0.0, 1.0}
+        assert result.metrics[name] == pytest.approx(np.nanmean(values))
+    np.testing.assert_array_equal(result.per_example["edit_success"],
+                                  np.array(result.per_example["edit/part_hit"])
+                                  * np.array(result.per_example["edit/others_kept"]))
+
+
+def test_colour_free_protocol_samples_with_texts_that_name_no_colours(checkpointed_run, tmp_path):
+    """synthetic_colour_free: the same scores, each person told the colour-free text."""
+    options = EvalOptions(out_dir=str(tmp_path), workdir=str(checkpointed_run), num_examples=1, batch_size=1,
+                          sampling=SAMPLING, ablations=False)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        colour_free = load_protocols()["synthetic_colour_free"](options)
+    assert colour_free.protocol == "synthetic_colour_free" and colour_free.details["texts"].startswith("colour-free")
+    assert {"pose_transfer/colour_accuracy", "edit_success", "interpolation/agreement"} <= set(colour_free.metrics)
+    loaded = sampling.load_from_workdir(checkpointed_run)
+    examples = DatasetExamples(loaded.config, "test")
+    person = examples.person(0)
+    text = describe_colour_free(identity_from_id(int(examples.record(0)["identity"])))
+    settings = sampling.SamplingSettings.from_config(loaded.config.sampling, batch_size=1, **SAMPLING)
+    expected = sampling.Sampler(loaded, settings)([dataclasses.replace(person, text=text)], [0])
+    (_, images), = colour_free.worst
+    assert np.abs(images[3].astype(int) - expected[0]).max() <= 1  # the pose_transfer sample
+    assert colour_free.per_example["pose_transfer/ssim"][0] == pytest.approx(
+        float(pose_transfer_scores(images[3][None], images[1][None])["ssim"][0]), abs=1e-6)
 
 
 def test_autoencoder_ceiling_scores_the_vae_reconstructions_of_the_targets(result, checkpointed_run):

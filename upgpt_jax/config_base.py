@@ -201,6 +201,10 @@ def released_config() -> ml_collections.ConfigDict:
         dataset="synthetic_people",
         data_dir="",
         num_examples=10_000,
+        # The fraction of in-memory synthetic_people train records whose content text names no colours
+        # (data.synthetic.describe_colour_free; chosen per record index), so the colours must come from
+        # the style crops; eval.py --protocol synthetic_colour_free measures that reading.
+        colour_free_text_fraction=0.0,
         # A folder written by `python -m upgpt_jax.train.precompute`: the diffusion stage then reads
         # VAE moments and CLIP embeddings instead of running the frozen encoders at every step.
         features_dir="",

@@ -147,21 +147,28 @@ def record_from_pair(pair: Mapping[str, Mapping[str, Any]], pair_id: str) -> dic
 
 
 def synthetic_pair_record(pair_index: int, split: str, image_size: tuple[int, int], style_size: int,
-                          seed: int = 0) -> tuple[str, dict[str, Any]]:
+                          seed: int = 0, colour_free_text_fraction: float = 0.0) -> tuple[str, dict[str, Any]]:
     """(pair id, record) of `synthetic_people` pair `pair_index` of `split`.
 
     Pair k takes the split's identity j = k % n (n identities) drawn in examples 2 n m + j (source)
     and 2 n m + n + j (target), m = k // n: every example is drawn once and identities recur in new
     poses. The TFDS builder stores exactly these records; training renders them in memory.
+    `colour_free_text_fraction` (config data.colour_free_text_fraction) gives that fraction of the
+    pairs, chosen per pair index (synthetic.uses_colour_free_text), the text without colour words
+    (synthetic.describe_colour_free) instead of the stored one; images and crops are unchanged.
     """
-    from upgpt_jax.data.synthetic import make_example, split_identity_ids  # the renderer, only when used
+    from upgpt_jax.data.synthetic import (  # the renderer, only when used
+        describe_colour_free, identity_from_id, make_example, split_identity_ids, uses_colour_free_text)
 
     num_ids = len(split_identity_ids(split))
     first = 2 * num_ids * (pair_index // num_ids) + pair_index % num_ids
     pair = {"source": make_example(first, split, image_size, style_size, seed),
             "target": make_example(first + num_ids, split, image_size, style_size, seed, with_styles=False)}
     pair_id = f"{split}/{first}->{first + num_ids}"
-    return pair_id, record_from_pair(pair, pair_id)
+    record = record_from_pair(pair, pair_id)
+    if uses_colour_free_text(pair_index, colour_free_text_fraction, seed):
+        record["text"] = describe_colour_free(identity_from_id(int(record["identity"]), seed))
+    return pair_id, record
 
 
 def open_rgb(path: Path, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:

@@ -65,14 +65,15 @@ class Job:
 
 
 class TaskContext:
-    """What the planners need: the run's config, its dataset (lazily) and SMPL model files."""
+    """What the planners need: the run's config, its dataset (lazily, or `examples` already open,
+    e.g. the eval's test pairs with their records cached) and SMPL model files."""
 
-    def __init__(self, config: Any, smpl_model_dir: str | None = None):
+    def __init__(self, config: Any, smpl_model_dir: str | None = None, examples: DatasetExamples | None = None):
         self.config = config
         self.image_size = tuple(config.model.image_size)
         self.style_size = int(config.model.clip.image_size)
         self.smpl_model_dir = smpl_model_dir
-        self._examples: DatasetExamples | None = None
+        self._examples = examples
 
     @property
     def examples(self) -> DatasetExamples:

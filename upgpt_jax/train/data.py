@@ -21,13 +21,15 @@ class SyntheticPairs:
     (`upgpt_jax.data.records.synthetic_pair_record`).
     """
 
-    def __init__(self, num_examples: int, image_size: tuple[int, int], style_size: int, seed: int = 0):
+    def __init__(self, num_examples: int, image_size: tuple[int, int], style_size: int, seed: int = 0,
+                 colour_free_text_fraction: float = 0.0):
         if num_examples < 1:
             raise ValueError(f"data.num_examples must be >= 1, got {num_examples}")
         self.num_examples = num_examples
         self.image_size = tuple(image_size)
         self.style_size = style_size
         self.seed = seed
+        self.colour_free_text_fraction = colour_free_text_fraction  # see synthetic_pair_record
         self._record = functools.lru_cache(maxsize=num_examples)(self._render)
 
     def __len__(self) -> int:
@@ -39,7 +41,8 @@ class SyntheticPairs:
         return self._record(index)
 
     def _render(self, index: int) -> dict[str, Any]:
-        return synthetic_pair_record(index, "train", self.image_size, self.style_size, self.seed)[1]
+        return synthetic_pair_record(index, "train", self.image_size, self.style_size, self.seed,
+                                     self.colour_free_text_fraction)[1]
 
 
 def training_source(data_config: ml_collections.ConfigDict, model_config: ml_collections.ConfigDict) -> Any:
@@ -48,7 +51,11 @@ def training_source(data_config: ml_collections.ConfigDict, model_config: ml_col
         if data_config.dataset != "synthetic_people":
             raise ValueError(f"data.data_dir is empty, which only works for dataset 'synthetic_people' (rendered "
                              f"in memory); dataset {data_config.dataset!r} needs a prepared data_dir")
-        return SyntheticPairs(data_config.num_examples, model_config.image_size, model_config.clip.image_size)
+        return SyntheticPairs(data_config.num_examples, model_config.image_size, model_config.clip.image_size,
+                              colour_free_text_fraction=data_config.get("colour_free_text_fraction", 0.0))
+    if data_config.get("colour_free_text_fraction", 0.0):
+        raise ValueError("data.colour_free_text_fraction applies to synthetic_people rendered in memory; "
+                         "with a data_dir the stored texts are read as they are: set it to 0")
     import tensorflow_datasets as tfds  # only needed for prepared datasets
 
     return tfds.data_source(data_config.dataset, data_dir=data_config.data_dir, split="train", download=False)

@@ -29,7 +29,7 @@ from upgpt_jax.data.synthetic.styles import style_crops
 SPLITS = ("train", "test")
 TEST_EVERY = 10
 DEFAULT_NUM_IDENTITIES = 1000
-IDENTITY_STREAM, POSE_STREAM, PAIR_STREAM = 1, 2, 3
+IDENTITY_STREAM, POSE_STREAM, PAIR_STREAM, TEXT_STREAM = 1, 2, 3, 4
 T = TypeVar("T")
 
 
@@ -51,6 +51,15 @@ def split_identity_ids(split: str, num_identities: int = DEFAULT_NUM_IDENTITIES)
 def identity_from_id(identity_id: int, seed: int = 0) -> Identity:
     """The attributes of identity ``identity_id`` under ``seed`` (cached: identities recur)."""
     return sample_identity(np.random.default_rng([seed, IDENTITY_STREAM, identity_id]))
+
+
+def uses_colour_free_text(pair_index: int, fraction: float, seed: int = 0) -> bool:
+    """Whether pair ``pair_index`` takes the colour-free text (``describe_colour_free``) when a
+    ``fraction`` of the pairs should: a draw from ``default_rng([seed, TEXT_STREAM, pair_index])``,
+    so the choice is fixed per record (every epoch, every worker) and the images never change."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"the colour-free text fraction must be in [0, 1], got {fraction}")
+    return fraction > 0.0 and np.random.default_rng([seed, TEXT_STREAM, pair_index]).random() < fraction
 
 
 def render_example(identity: Identity, identity_id: int, smpl: np.ndarray, image_size: tuple[int, int] = (64, 48),

@@ -125,3 +125,16 @@ def describe(identity: Identity) -> str:
     article = "an" if top[0] in "aeiou" else "a"
     return (f"a {identity.figure} with {identity.hair_length} {identity.hair_colour} hair in {article} {top}, "
             f"{bottom} and {identity.shoes_colour} shoes")
+
+
+def describe_colour_free(identity: Identity) -> str:
+    """The content text without colour words: figure, hair length, garments, patterns and sleeves.
+
+    e.g. "a woman with long hair in a striped short-sleeve top, trousers and shoes". With it the
+    text says which garments a person wears but not their colours, so the colours a model draws
+    can only come from the style crops: the `synthetic_colour_free` eval protocol samples with it,
+    and `data.colour_free_text_fraction` trains on it. :func:`describe` stays the dataset's text.
+    """
+    top = f"{_PATTERN_WORDS[identity.top_pattern]}{_SLEEVE_WORDS[identity.sleeves]} top"
+    bottom = f"{_PATTERN_WORDS[identity.bottom_pattern]}{identity.bottom}"
+    return f"a {identity.figure} with {identity.hair_length} hair in a {top}, {bottom} and shoes"

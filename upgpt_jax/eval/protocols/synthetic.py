@@ -24,8 +24,17 @@ it: how much the denoiser's noise error on the true targets grows without each c
 way: the ceiling of every sample metric, since a sample is a decoded latent too; a sample metric
 near its ceiling is limited by the VAE, not by the diffusion model. `interpolation` samples a few
 pairs' source-to-target pose sweeps with one seed and scores identity consistency across the
-frames. The worst cases (lowest pose-transfer SSIM) go to worst.png, the reconstruction beside the
-ground truth.
+frames. `edit_success` (with `edit/part_hit`, `edit/others_kept`) recolours one garment of each
+pair by a text edit, as the `edit` task does, sampled with the pose_transfer seed: does the part
+take the requested colour while the other parts keep theirs (upgpt_jax/eval/edit_success.py)?
+The worst cases (lowest pose-transfer SSIM) go to worst.png, the reconstruction beside the
+ground truth, the edited sample last.
+
+`synthetic_colour_free` is the same protocol with content texts that name no colours
+(data.synthetic.describe_colour_free: "a woman with long hair in a striped short-sleeve top,
+trousers and shoes") in every sample, so the colours can only come from the style crops; colour
+accuracy is still scored against the identity's colours. A model trained with
+data.colour_free_text_fraction > 0 has seen such texts.
 """
 from __future__ import annotations
 
@@ -36,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from upgpt_jax.eval.denoiser import denoiser_sensitivity
+from upgpt_jax.eval.edit_success import edit_scores, sample_edits
 from upgpt_jax.eval.protocols import EvalOptions, EvalResult, ProtocolError, load_model, register, sampling_settings
 from upgpt_jax.eval.synthetic import (
     SCORED_PARTS, TargetLayout, identity_consistency, part_colour_accuracy, pose_transfer_scores, silhouette_iou,
@@ -53,16 +63,26 @@ VARIANTS = {"pose_transfer": ((), "target"), "text_pose": (("style",), "target")
 
 @register("synthetic")
 def evaluate_synthetic(options: EvalOptions) -> EvalResult:
+    return _evaluate(options, "synthetic", colour_free=False)
+
+
+@register("synthetic_colour_free")
+def evaluate_synthetic_colour_free(options: EvalOptions) -> EvalResult:
+    return _evaluate(options, "synthetic_colour_free", colour_free=True)
+
+
+def _evaluate(options: EvalOptions, protocol: str, colour_free: bool) -> EvalResult:
+    """The protocol; `colour_free`: every person's content text is the colour-free one."""
     if options.samples_dir:
-        raise ProtocolError("--protocol=synthetic samples its own images from the model: drop --samples_dir")
+        raise ProtocolError(f"--protocol={protocol} samples its own images from the model: drop --samples_dir")
     if options.workdir and _is_vae_stage_run(options):
-        return _evaluate_autoencoder(options)
+        return _evaluate_autoencoder(options, protocol)
     with phase("load the model"):
         loaded = load_model(options)
     config = loaded.config
-    from upgpt_jax.sampling import Sampler
+    from upgpt_jax.sampling import Sampler, TaskContext
 
-    targets = _Targets.of(config, options.num_examples)
+    targets = _Targets.of(config, options.num_examples, protocol, colour_free)
     examples, people, truth = targets.examples, targets.people, targets.truth
     count, image_size = len(people), tuple(config.model.image_size)
     seeds = [options.seed + index for index in range(count)]
@@ -95,19 +115,29 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
             sensitivity = denoiser_sensitivity(loaded, people, truth, options.seed, settings.batch_size)
         metrics.update({f"denoiser/{name}": value for name, value in sensitivity.items()})
 
+    identities = [_identity(examples.record(index)) for index in range(count)]
+    edited, edits = sample_edits(samplers["pose_transfer"], TaskContext(config, examples=examples), people,
+                                 identities, targets.layouts, samples["pose_transfer"], seeds, options.seed)
+    with phase("score edit (part hit, others kept)"):
+        for name, values in edit_scores(edited, samples["pose_transfer"], targets.layouts, edits).items():
+            per_example[name] = [float(value) for value in values]
+            metrics[name] = float(_scored_mean(values))
+
     pairs = min(INTERPOLATION_PAIRS, count)
     with phase(f"interpolation: {pairs} pose sweeps of {INTERPOLATION_FRAMES} frames, identity consistency"):
-        consistency = _interpolation(samplers["pose_transfer"], examples, pairs, image_size, options.seed)
+        consistency = _interpolation(samplers["pose_transfer"], targets, pairs, image_size, options.seed)
     metrics.update({f"interpolation/{name}": value for name, value in consistency.items()})
 
     worst = np.argsort(per_example["pose_transfer/ssim"])[:WORST_CASES]
     rows = [(_worst_label(index, "pose_transfer", per_example),
              [examples.image(index, "source"), truth[index], reconstructions[index]]
-             + [samples[variant][index] for variant in samples])
+             + [samples[variant][index] for variant in samples] + [edited[index]])
             for index in worst]
-    columns = ["source", "ground truth", "autoencoder"] + list(samples)
+    columns = ["source", "ground truth", "autoencoder"] + list(samples) + ["edit"]
     details = {
         "num_examples": count, "split": "test", "seeds": [seeds[0], seeds[-1]],
+        "texts": "colour-free (data.synthetic.describe_colour_free)" if colour_free else "the dataset's",
+        "edits": [edit.assignment if edit else None for edit in edits],
         "columns of worst.png": columns,
         "variants": {variant: {"dropped": list(dropped), "person_mask": f"{mask} pose"}
                      for variant, (dropped, mask) in variants.items()},
@@ -116,7 +146,7 @@ def evaluate_synthetic(options: EvalOptions) -> EvalResult:
         "interpolation": {"pairs": min(INTERPOLATION_PAIRS, count), "frames": INTERPOLATION_FRAMES,
                           "method": "slerp"},
     }
-    return EvalResult("synthetic", metrics, per_example, rows, details, columns)
+    return EvalResult(protocol, metrics, per_example, rows, details, columns)
 
 
 def _worst_label(index: int, group: str, per_example: dict[str, list[float]]) -> str:
@@ -135,15 +165,20 @@ class _Targets:
     masks: np.ndarray  # the targets' person masks
 
     @classmethod
-    def of(cls, config: Any, num_examples: int | None) -> _Targets:
+    def of(cls, config: Any, num_examples: int | None, protocol: str = "synthetic",
+           colour_free: bool = False) -> _Targets:
         if config.data.dataset != "synthetic_people":
-            raise ProtocolError(f"--protocol=synthetic needs a model trained on synthetic_people; this run's "
+            raise ProtocolError(f"--protocol={protocol} needs a model trained on synthetic_people; this run's "
                                 f"dataset is {config.data.dataset!r}")
+        from upgpt_jax.data.synthetic import describe_colour_free
         from upgpt_jax.sampling.sources import DatasetExamples
 
         examples = DatasetExamples(config, "test")
         count = min(num_examples or DEFAULT_NUM_EXAMPLES, len(examples))
         people = [examples.person(index) for index in range(count)]
+        if colour_free:
+            people = [dataclasses.replace(person, text=describe_colour_free(_identity(examples.record(index))))
+                      for index, person in enumerate(people)]
         return cls(examples=examples, people=people,
                    truth=np.stack([examples.image(index) for index in range(count)]),
                    layouts=[_layout(examples.record(index), tuple(config.model.image_size)) for index in range(count)],
@@ -156,7 +191,7 @@ def _is_vae_stage_run(options: EvalOptions) -> bool:
     return run_config(options.workdir, options.step)[0].train.stage == "vae"
 
 
-def _evaluate_autoencoder(options: EvalOptions) -> EvalResult:
+def _evaluate_autoencoder(options: EvalOptions, protocol: str) -> EvalResult:
     """A VAE-stage run: autoencoder/* alone (its reconstructions of the test targets, scored as
     samples), i.e. the ceiling a diffusion stage trained on this VAE can reach."""
     from upgpt_jax.models.upgpt import build_model
@@ -164,7 +199,7 @@ def _evaluate_autoencoder(options: EvalOptions) -> EvalResult:
     from upgpt_jax.sharding import make_mesh
 
     config, step = run_config(options.workdir, options.step)
-    targets = _Targets.of(config, options.num_examples)
+    targets = _Targets.of(config, options.num_examples, protocol)
     mesh, rules = make_mesh(config.mesh, None, config.get("mesh_dcn")), config.axis_rules
     params = restore_params(options.workdir, config, step, options.weights, mesh)
     batch_size = options.batch_size or int(config.sampling.batch_size)
@@ -179,7 +214,7 @@ def _evaluate_autoencoder(options: EvalOptions) -> EvalResult:
     columns = ["ground truth", "autoencoder"]
     details = {"num_examples": len(targets.people), "split": "test", "columns of worst.png": columns,
                "model": {"workdir": str(options.workdir), "step": step, "weights": options.weights, "stage": "vae"}}
-    return EvalResult("synthetic", metrics, per_example, rows, details, columns)
+    return EvalResult(protocol, metrics, per_example, rows, details, columns)
 
 
 def _add_scores(group: str, scores: dict[str, np.ndarray], metrics: dict[str, float],
@@ -221,12 +256,17 @@ def vae_reconstructions(model: Any, params: Any, images: np.ndarray, batch_size:
     return np.concatenate(batches)
 
 
-def _layout(record: dict[str, Any], image_size: tuple[int, int], side: str = "target") -> TargetLayout:
-    """Where the parts of the pair's person lie in its target (or source) pose."""
+def _identity(record: dict[str, Any]) -> Any:
+    """The synthetic Identity of a pair record."""
     from upgpt_jax.data.synthetic import identity_from_id
 
+    return identity_from_id(int(record["identity"]))
+
+
+def _layout(record: dict[str, Any], image_size: tuple[int, int], side: str = "target") -> TargetLayout:
+    """Where the parts of the pair's person lie in its target (or source) pose."""
     smpl = record["smpl" if side == "target" else "source_smpl"]
-    return target_layout(identity_from_id(int(record["identity"])), np.asarray(smpl), image_size)
+    return target_layout(_identity(record), np.asarray(smpl), image_size)
 
 
 def _scores(images: np.ndarray, targets: _Targets, lpips: Any,
@@ -272,19 +312,19 @@ def _lpips(folder: str | None, mesh: Any = None, rules: Any = None) -> Any:
     return score
 
 
-def _interpolation(sampler: Any, examples: Any, pairs: int, image_size: tuple[int, int],
+def _interpolation(sampler: Any, targets: _Targets, pairs: int, image_size: tuple[int, int],
                    seed: int) -> dict[str, float]:
-    """Mean identity consistency over `pairs` source -> target sweeps (one seed per sweep)."""
-    from upgpt_jax.data.synthetic import identity_from_id
+    """Mean identity consistency over `pairs` source -> target sweeps (one seed per sweep) of the
+    targets' people (their texts)."""
     from upgpt_jax.sampling.sources import silhouette
     from upgpt_jax.smpl.interpolate import interpolate_smpl
 
     drift, agreement = [], []
     for index in range(pairs):
-        record = examples.record(index)
+        record = targets.examples.record(index)
         identity_id = int(record["identity"])
-        identity = identity_from_id(identity_id)
-        person = examples.person(index)
+        identity = _identity(record)
+        person = targets.people[index]
         poses = interpolate_smpl(np.asarray(record["source_smpl"]), np.asarray(record["smpl"]),
                                  INTERPOLATION_FRAMES, "slerp")
         frames_people = [dataclasses.replace(person, smpl=pose.astype(np.float32),

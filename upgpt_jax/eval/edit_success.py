@@ -1,0 +1,126 @@
+"""`edit_success`: does a text edit recolour one garment and leave the rest of the person alone?
+
+The synthetic protocol (upgpt_jax/eval/protocols/synthetic.py) draws one edit per test pair
+(:func:`choose_edit`, fixed by the eval seed and the pair's index): a garment the target pose
+shows (top or bottom) and a new colour from that part's palette. The edit is made as the `edit`
+task makes a text edit on this data (configs/demo_requests.jsonl: "top=text:a red top"): the
+sampling package's planner (sampling.tasks.plan) puts the words' CLIP text features in that part's
+style slot and leaves the content text as it is (the original app's mix_style). The edited person
+is sampled with the seed of the unedited `pose_transfer` sample, so the two differ by the edit only.
+
+Scores per pair (nan where the target pose shows neither garment, so no edit was made):
+
+- `edit/part_hit`: the edited part shows the requested colour, classified as
+  part_colour_accuracy classifies (the median CIELAB of the part's pixels, nearest palette colour);
+- `edit/others_kept`: every other scored part the pose shows (hair, the other garment, shoes)
+  classifies as the same palette colour as in the unedited sample. "Keeps its colour" is measured
+  against the unedited sample, not against the identity's colours, so a part the model already
+  drew wrong without the edit does not count against the edit: this measures what the edit
+  changed, and part_colour_accuracy measures the rest;
+- `edit_success`: both, i.e. the edited part takes the requested colour and the others keep theirs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from upgpt_jax.data.synthetic.identity import Identity
+from upgpt_jax.eval.synthetic import PART_PALETTES, TargetLayout, part_colour_accuracy
+
+EDITED_PARTS = ("top", "bottom")  # the garments an edit may recolour
+EDIT_STREAM = 5  # keeps the edits' random draws apart from other uses of the eval seed
+
+
+@dataclasses.dataclass(frozen=True)
+class TextEdit:
+    """Recolour `part` to the palette colour `colour` by the style text `words`."""
+
+    part: str
+    colour: str
+    words: str
+
+    @property
+    def assignment(self) -> str:
+        """The edit as the `edit` task's `edits` list (and sample.py --edit) spell it."""
+        return f"{self.part}=text:{self.words}"
+
+
+def edit_words(identity: Identity, part: str, colour: str) -> str:
+    """The style text that asks for `part` of `identity` in `colour`, worded as the content text
+    names that garment: "a red top", "an orange skirt", "blue trousers"."""
+    garment = "top" if part == "top" else identity.bottom
+    if garment in ("trousers", "shorts"):
+        return f"{colour} {garment}"
+    return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {garment}"
+
+
+def choose_edit(identity: Identity, layout: TargetLayout, seed: int, index: int) -> TextEdit | None:
+    """Pair `index`'s edit: one of the garments `layout` shows, and a colour of its palette that
+    neither garment wears (the renderer never draws top and bottom in one colour, and a colour
+    the other garment shows could be copied from its style crop rather than read from the edit).
+    None when the pose shows neither garment."""
+    shown = [part for part in EDITED_PARTS if part in layout.part_pixels]
+    if not shown:
+        return None
+    rng = np.random.default_rng([seed, EDIT_STREAM, index])
+    part = shown[int(rng.integers(len(shown)))]
+    worn = {identity.top_colour, identity.bottom_colour}
+    colours = [name for name in PART_PALETTES[part] if name not in worn]
+    colour = colours[int(rng.integers(len(colours)))]
+    return TextEdit(part, colour, edit_words(identity, part, colour))
+
+
+def edited_people(context: Any, people: Sequence[Any], edits: Sequence[TextEdit | None]) -> list[Any]:
+    """Each test pair's edited person, planned by the `edit` task (sampling.tasks.plan) on
+    `context` (a TaskContext whose examples are the pairs) with the pair's own content text
+    (`people[i].text`: the stored one, or the colour-free one); the unedited person where
+    `edits[i]` is None."""
+    from upgpt_jax.sampling.tasks import plan
+
+    planned = []
+    for index, (person, edit) in enumerate(zip(people, edits, strict=True)):
+        if edit is None:
+            planned.append(person)
+            continue
+        request = {"task": "edit", "example": index, "text": person.text, "edits": [edit.assignment]}
+        planned.append(plan(context, request).people[1])  # people: [unedited, edited]
+    return planned
+
+
+def sample_edits(sampler: Any, context: Any, people: Sequence[Any], identities: Sequence[Identity],
+                 layouts: Sequence[TargetLayout], unedited: np.ndarray, seeds: Sequence[int],
+                 seed: int) -> tuple[np.ndarray, list[TextEdit | None]]:
+    """(edited images (N, H, W, 3), the edits): pair i's edit (:func:`choose_edit` of its identity
+    and target layout) planned by :func:`edited_people` and drawn by `sampler` (a sampling.Sampler)
+    from `seeds[i]`, the seed of its `unedited` sample; where no edit was made the image is the
+    unedited one."""
+    edits = [choose_edit(identity, layout, seed, index)
+             for index, (identity, layout) in enumerate(zip(identities, layouts, strict=True))]
+    planned = edited_people(context, people, edits)
+    chosen = [index for index, edit in enumerate(edits) if edit is not None]
+    edited = np.array(unedited, copy=True)
+    if chosen:
+        edited[chosen] = sampler([planned[index] for index in chosen], [seeds[index] for index in chosen],
+                                 progress=True, label="sample edit")
+    return edited, edits
+
+
+def edit_scores(edited: np.ndarray, unedited: np.ndarray, layouts: Sequence[TargetLayout],
+                edits: Sequence[TextEdit | None]) -> dict[str, np.ndarray]:
+    """Per pair (N,): `edit_success`, `edit/part_hit` and `edit/others_kept` (1.0 or 0.0; nan
+    where `edits[i]` is None) of uint8 images `edited` and `unedited` (N, H, W, 3), both read where
+    `layouts[i]` (the target pose's layout) puts the parts."""
+    after = part_colour_accuracy(edited, layouts).predicted
+    before = part_colour_accuracy(unedited, layouts).predicted
+    if len(edits) != len(layouts):
+        raise ValueError(f"edit_scores: {len(edits)} edits but {len(layouts)} layouts")
+    hit, kept = np.full(len(edits), np.nan), np.full(len(edits), np.nan)
+    for index, (edit, now, was) in enumerate(zip(edits, after, before)):
+        if edit is None:
+            continue
+        hit[index] = float(now[edit.part] == edit.colour)
+        kept[index] = float(all(now[part] == colour for part, colour in was.items() if part != edit.part))
+    return {"edit_success": hit * kept, "edit/part_hit": hit, "edit/others_kept": kept}
