@@ -24,6 +24,8 @@ setup(
         "huggingface-hub>=0.34,<1.0",
         "tokenizers>=0.22,<=0.23.0",
         "tensorflow-datasets>=4.9.10",
+        # The input pipeline (upgpt_jax/data/pipeline.py): index order, read-ahead, worker processes.
+        "grain>=0.2.18,<0.3",
         "numpy>=1.26",
         "pillow>=10.0",
         "safetensors>=0.4",

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from upgpt_jax.data.pipeline import InputPipeline, epoch_order
+from upgpt_jax.data.order import epoch_order
+from upgpt_jax.data.pipeline import InputPipeline
 from upgpt_jax.data.schema import check_record
 from upgpt_jax.data.transforms import (
     FEATURE_RECORD_KEYS, FeatureTransform, PixelTransform, mask_to_latent, nearest_resize,

@@ -211,6 +211,11 @@ def released_config() -> ml_collections.ConfigDict:
         # True: person masks are -1 outside and -0.99216 inside, the released weights' values (see
         # data.transforms and released_weights); False: +1 inside (models trained here).
         original_mask_quirk=False,
+        # Input worker processes (grain's mp_prefetch) that read records and run the transforms
+        # (decode, tokenise, normalise; render, for the in-memory synthetic data); 0 = in the main
+        # process. Worth it where those cost more than a step (benchmarks/input_pipeline.py, README);
+        # the batches do not depend on it. In-memory synthetic data is memoised once per worker.
+        num_workers=0,
     ))
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -1,41 +1,48 @@
-"""Deterministic, resumable, per-host input pipeline: random-access source -> global jax.Array batches.
+"""Deterministic, resumable, per-host input pipeline on grain: random-access source -> this host's batches.
 
-Order. Epoch `e` visits the records in the permutation drawn by `np.random.default_rng([seed, e])`
-(or in storage order without shuffling). The permutation is cut into global batches of
-`global_batch_size` (the tail that does not fill one is dropped); within global batch `b`,
-host `p` of `P` reads the `p`-th contiguous slice of `global_batch_size / P` indices. So the hosts
-read disjoint slices, and the global batch is the same whatever the number of hosts.
+Order (upgpt_jax.data.order). Epoch `e` visits the records in a seeded permutation of its own, cut
+into global batches; host `p` of `P` reads the `p`-th contiguous slice of each, so the global batch
+is the same whatever the number of hosts.
+
+Grain. The batches are a grain dataset: `MapDataset.range` of this host's record positions (from
+the state's batch on), `.map(HostOrder)` to source indices, `.map(source[...])` to records,
+`.batch(batch_fn=transform)` to this host's batch, `.to_iter_dataset()` (one read-ahead thread of
+`prefetch` batches) and, with `num_workers > 0`, `.mp_prefetch`: spawned worker processes (the
+dataset is pickled into them, so source and transform must pickle) each build every
+`num_workers`-th batch, and grain hands them back in order, so the number of workers never
+changes the batches.
 
 State. Where the iteration stands is `{"seed", "epoch", "position"}` (position = global batches
-already delivered in that epoch): a JSON-able dict to save beside a checkpoint. Restoring it gives
-exactly the batch the interrupted run would have delivered next. Prefetching (a background
-thread) only computes ahead; the state counts what was delivered, so it never changes the order.
+already delivered in that epoch): a JSON-able dict saved in the checkpoint. Restoring it rebuilds
+the grain dataset from the next global batch, the one the interrupted run would have delivered
+next. This is ours rather than grain's iterator state because grain's describes this host's
+iterator (its place in its own host slice, each worker's place in its share), valid only for the
+same number of hosts and workers; a count of global batches means the same on every host and for
+any host count, so a run may resume on more or fewer hosts. Read-ahead (thread or workers) only
+computes ahead; the state counts what was delivered.
 
-Source. Anything with `__len__` and `__getitem__(int) -> dict` (e.g. a TFDS
-`builder.as_data_source(split)`, or a list of dicts in tests).
+Source. Anything with `__len__` and `__getitem__(int) -> dict` (a TFDS `tfds.data_source` /
+ArrayRecord source, train.data.SyntheticPairs, data.features.FeatureSource, a list in tests).
 """
 from __future__ import annotations
 
-import queue
-import threading
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import grain
 import jax
 import numpy as np
+from absl import flags
 from jax.sharding import Mesh
 
-from upgpt_jax.data.transforms import Batch, Record
+from upgpt_jax.data.order import HostOrder
 from upgpt_jax.sharding import batch_axes, batch_sharding, batch_shards
 
+if TYPE_CHECKING:  # not at run time: worker processes that unpickle only an index transform stay light
+    from upgpt_jax.data.transforms import Batch, Record
+
 STATE_KEYS = ("seed", "epoch", "position")
-
-
-def epoch_order(num_records: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-    """The record indices epoch `epoch` visits, in order (all hosts compute the same one)."""
-    if not shuffle:
-        return np.arange(num_records)
-    return np.random.default_rng([seed, epoch]).permutation(num_records)
 
 
 class InputPipeline:
@@ -43,12 +50,14 @@ class InputPipeline:
 
     `transform` maps a list of records to a batch dict (data.transforms.PixelTransform or
     FeatureTransform). `process_index`/`process_count` default to JAX's (override them in tests).
-    `num_epochs=None` repeats forever. `prefetch` > 0 prepares that many batches in a thread.
+    `num_epochs=None` repeats forever. `prefetch` > 0 prepares that many batches ahead (a thread,
+    or each worker's buffer); `num_workers` > 0 runs reading and `transform` in that many processes.
     """
 
     def __init__(self, source: Sequence[Record], global_batch_size: int, transform: Callable[[list[Record]], Batch],
                  *, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
-                 process_index: int | None = None, process_count: int | None = None, prefetch: int = 2):
+                 process_index: int | None = None, process_count: int | None = None, prefetch: int = 2,
+                 num_workers: int = 0):
         self.process_index = jax.process_index() if process_index is None else int(process_index)
         self.process_count = jax.process_count() if process_count is None else int(process_count)
         if not 0 <= self.process_index < self.process_count:
@@ -56,6 +65,8 @@ class InputPipeline:
         if global_batch_size <= 0 or global_batch_size % self.process_count:
             raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of the "
                              f"process count {self.process_count} (each host loads an equal share)")
+        if num_workers < 0 or prefetch < 0:
+            raise ValueError(f"num_workers ({num_workers}) and prefetch ({prefetch}) must be >= 0")
         self.source = source
         self.num_records = len(source)
         self.global_batch_size = int(global_batch_size)
@@ -68,34 +79,44 @@ class InputPipeline:
         self.shuffle = shuffle
         self.num_epochs = num_epochs
         self.prefetch = int(prefetch)
+        self.num_workers = int(num_workers)
         self._state = {"seed": int(seed), "epoch": 0, "position": 0}
-        self._order_cache: tuple[int, np.ndarray] | None = None
-        self._worker: _Prefetcher | None = None
+        self._iterator: grain.DatasetIterator | None = None
 
     # -- order -----------------------------------------------------------------------------------
+    def _order(self) -> HostOrder:
+        return HostOrder(self.num_records, self.global_batch_size, self._state["seed"], self.shuffle,
+                         self.process_index, self.process_count)
+
     def local_indices(self, epoch: int, position: int) -> np.ndarray:
         """Record indices of this host's share of global batch `position` of `epoch`."""
-        if self._order_cache is None or self._order_cache[0] != epoch:
-            self._order_cache = (epoch, epoch_order(self.num_records, self._state["seed"], epoch, self.shuffle))
-        start = position * self.global_batch_size + self.process_index * self.local_batch_size
-        return self._order_cache[1][start:start + self.local_batch_size]
+        return self._order().batch_indices(epoch, position)
 
-    def _advance(self, state: Mapping[str, int]) -> dict[str, int]:
-        epoch, position = state["epoch"], state["position"] + 1
+    def _dataset(self) -> grain.IterDataset:
+        """This host's batches from the state's next global batch on (to the last epoch's end)."""
+        rows = self.local_batch_size
+        first = self._state["epoch"] * self.batches_per_epoch + self._state["position"]
+        last = sys.maxsize // rows if self.num_epochs is None else self.num_epochs * self.batches_per_epoch
+        batches = (grain.MapDataset.range(first * rows, last * rows)
+                   .map(self._order())
+                   .map(self.source.__getitem__)
+                   .batch(rows, drop_remainder=True, batch_fn=self.transform)
+                   .to_iter_dataset(grain.ReadOptions(num_threads=int(self.prefetch > 0),
+                                                      prefetch_buffer_size=self.prefetch)))
+        if self.num_workers:
+            _default_absl_flags()
+            batches = batches.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=self.num_workers, per_worker_buffer_size=max(1, self.prefetch)))
+        return batches
+
+    def _advance(self) -> None:
+        epoch, position = self._state["epoch"], self._state["position"] + 1
         if position == self.batches_per_epoch:
             epoch, position = epoch + 1, 0
-        return {"seed": state["seed"], "epoch": epoch, "position": position}
+        self._state.update(epoch=epoch, position=position)
 
-    def _finished(self, state: Mapping[str, int]) -> bool:
-        return self.num_epochs is not None and state["epoch"] >= self.num_epochs
-
-    def _batches_from(self, state: dict[str, int]) -> Iterator[tuple[Batch, dict[str, int]]]:
-        """(batch, state after it) from `state` on; runs in the prefetch thread when there is one."""
-        while not self._finished(state):
-            indices = self.local_indices(state["epoch"], state["position"])
-            batch = self.transform([self.source[int(index)] for index in indices])
-            state = self._advance(state)
-            yield batch, state
+    def _finished(self) -> bool:
+        return self.num_epochs is not None and self._state["epoch"] >= self.num_epochs
 
     # -- state -----------------------------------------------------------------------------------
     def get_state(self) -> dict[str, int]:
@@ -111,37 +132,33 @@ class InputPipeline:
             raise ValueError(f"pipeline state {restored} is out of range: an epoch has "
                              f"{self.batches_per_epoch} batches of {self.global_batch_size} "
                              f"({self.num_records} records); was it saved for another dataset or batch size?")
-        self._stop_worker()
+        self.close()  # whatever was read ahead belongs to the old position
         self._state = restored
-        self._order_cache = None
 
     # -- iteration -------------------------------------------------------------------------------
     def __iter__(self) -> InputPipeline:
         return self
 
     def __next__(self) -> Batch:
-        if self._finished(self._state):
+        if self._finished():
             raise StopIteration
-        if self.prefetch <= 0:
-            batch, self._state = next(self._batches_from(dict(self._state)))
-            return batch
-        if self._worker is None:
-            self._worker = _Prefetcher(self._batches_from(dict(self._state)), self.prefetch)
+        if self._iterator is None:
+            self._iterator = iter(self._dataset())
         try:
-            batch, self._state = self._worker.get()
-        except BaseException:  # the thread has ended (an error, or the last epoch): start afresh next time
-            self._stop_worker()
+            batch = next(self._iterator)
+        except BaseException:  # an error in a transform (or a worker): start afresh next time
+            self.close()
             raise
+        self._advance()
+        if self.num_workers:  # grain's shared-memory arrays (freed with them), as plain numpy views
+            batch = {name: np.asarray(value) for name, value in batch.items()}
         return batch
 
     def close(self) -> None:
-        """Stop the prefetch thread (iteration can go on afterwards; it restarts one)."""
-        self._stop_worker()
-
-    def _stop_worker(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
+        """Stop the read-ahead thread or worker processes (iteration can go on; it starts new ones)."""
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
 
     def __enter__(self) -> InputPipeline:
         return self
@@ -150,47 +167,12 @@ class InputPipeline:
         self.close()
 
 
-class _Prefetcher:
-    """Runs a batch generator in a daemon thread, `size` items ahead; errors re-raise in `get`."""
-
-    _END = object()
-
-    def __init__(self, items: Iterator[Any], size: int):
-        self._queue: queue.Queue = queue.Queue(maxsize=size)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(items,), daemon=True)
-        self._thread.start()
-
-    def _run(self, items: Iterator[Any]) -> None:
-        try:
-            for item in items:
-                if not self._put((item, None)):
-                    return
-        except BaseException as error:  # handed to the consumer, who re-raises it
-            self._put((None, error))
-            return
-        self._put((self._END, None))
-
-    def _put(self, entry: tuple[Any, BaseException | None]) -> bool:
-        while not self._stopping.is_set():
-            try:
-                self._queue.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def get(self) -> Any:
-        item, error = self._queue.get()
-        if error is not None:
-            raise error
-        if item is self._END:
-            raise StopIteration
-        return item
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join()
+def _default_absl_flags() -> None:
+    """Grain reads its absl flags (worker profiling, debug mode) when it starts worker processes,
+    which fails in a program that never parsed flags (our argparse CLIs, pytest, a notebook): mark
+    them parsed, i.e. at their defaults. A later `absl.app.run` or `FLAGS(argv)` still parses argv."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def make_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh, rules: Any) -> dict[str, jax.Array]:

@@ -18,7 +18,8 @@ class SyntheticPairs:
     """The `synthetic_people` train records rendered on demand (and memoised), no files needed.
 
     Record k is the one the TFDS builder (data/synthetic_people) stores as record k
-    (`upgpt_jax.data.records.synthetic_pair_record`).
+    (`upgpt_jax.data.records.synthetic_pair_record`). It pickles without its memo, so each input
+    worker process (config.data.num_workers) renders and memoises the records it reads itself.
     """
 
     def __init__(self, num_examples: int, image_size: tuple[int, int], style_size: int, seed: int = 0,
@@ -31,6 +32,13 @@ class SyntheticPairs:
         self.seed = seed
         self.colour_free_text_fraction = colour_free_text_fraction  # see synthetic_pair_record
         self._record = functools.lru_cache(maxsize=num_examples)(self._render)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key != "_record"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._record = functools.lru_cache(maxsize=self.num_examples)(self._render)
 
     def __len__(self) -> int:
         return self.num_examples
@@ -69,8 +77,8 @@ def training_pipeline(config: ml_collections.ConfigDict) -> InputPipeline:
         check_signature(features.metadata, config, config.data.features_dir)
         return InputPipeline(features, config.train.batch_size,
                              FeatureTransform(original_mask_quirk=config.data.original_mask_quirk),
-                             seed=config.train.seed)
+                             seed=config.train.seed, num_workers=config.data.num_workers)
     transform = pixel_transform_from_config(config.model, load_clip_tokenizer(),
                                             original_mask_quirk=config.data.original_mask_quirk)
     return InputPipeline(training_source(config.data, config.model), config.train.batch_size, transform,
-                         seed=config.train.seed)
+                         seed=config.train.seed, num_workers=config.data.num_workers)
