@@ -33,6 +33,8 @@ setup(
         # Any path may be a gs:// URL (upgpt_jax/storage.py): etils.epath opens it through gcsfs.
         "etils[epath]>=1.15.0",
         "gcsfs>=2026.10.1",
+        # TensorBoard's Event/Summary protos and CRC-32C without TensorFlow (upgpt_jax/train/summary.py).
+        "tensorboardX>=2.6.5",
     ],
     extras_require={
         "test": [
