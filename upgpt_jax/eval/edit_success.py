@@ -113,10 +113,10 @@ def edit_scores(edited: np.ndarray, unedited: np.ndarray, layouts: Sequence[Targ
     """Per pair (N,): `edit_success`, `edit/part_hit` and `edit/others_kept` (1.0 or 0.0; nan
     where `edits[i]` is None) of uint8 images `edited` and `unedited` (N, H, W, 3), both read where
     `layouts[i]` (the target pose's layout) puts the parts."""
-    after = part_colour_accuracy(edited, layouts).predicted
-    before = part_colour_accuracy(unedited, layouts).predicted
     if len(edits) != len(layouts):
         raise ValueError(f"edit_scores: {len(edits)} edits but {len(layouts)} layouts")
+    after = part_colour_accuracy(edited, layouts).predicted
+    before = part_colour_accuracy(unedited, layouts).predicted
     hit, kept = np.full(len(edits), np.nan), np.full(len(edits), np.nan)
     for index, (edit, now, was) in enumerate(zip(edits, after, before)):
         if edit is None:
