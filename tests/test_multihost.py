@@ -23,8 +23,7 @@ import pytest
 
 from test_train import read_metrics, write_config_file
 from upgpt_jax.distributed import initialize
-from upgpt_jax.rundir.layout import CHECKPOINT_DIR
-from upgpt_jax.train import trainer
+from upgpt_jax.rundir.layout import CHECKPOINT_DIR, METRICS_FILE
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
@@ -96,7 +95,7 @@ def test_two_processes_train_like_one_across_a_preemption(tmp_path):
     config_file = write_config_file(tmp_path)
     single, multi = tmp_path / "single", tmp_path / "multi"
     jobs = launch_two_processes(config_file, multi, tmp_path / "cache_multi", 100000)
-    metrics = multi / trainer.METRICS_FILE
+    metrics = multi / METRICS_FILE
     deadline = time.monotonic() + TIMEOUT_S
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
         if any(process.poll() is not None for process, _ in jobs) or time.monotonic() > deadline:

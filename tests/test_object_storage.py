@@ -28,7 +28,7 @@ from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 from conftest import jax_compilation_cache  # noqa: E402
 from test_train import assert_trees_equal, host_copy, small_config  # noqa: E402
 from upgpt_jax import sampling, storage  # noqa: E402
-from upgpt_jax.rundir.layout import CHECKPOINT_DIR  # noqa: E402
+from upgpt_jax.rundir.layout import CHECKPOINT_DIR, METRICS_FILE, TENSORBOARD_DIR  # noqa: E402
 from upgpt_jax.train import trainer  # noqa: E402
 
 BUCKET = "gs://bucket"
@@ -124,7 +124,7 @@ def gcs(gcs_emulator, monkeypatch):
 
 
 def bucket_metrics(workdir):
-    return [json.loads(line) for line in storage.path(f"{workdir}/{trainer.METRICS_FILE}").read_text().splitlines()]
+    return [json.loads(line) for line in storage.path(f"{workdir}/{METRICS_FILE}").read_text().splitlines()]
 
 
 def preempted_at(step_count):
@@ -169,14 +169,14 @@ def test_train_preempt_resume_and_sample_in_a_bucket(gcs, tmp_path, monkeypatch)
     fields = ("step", "loss", "lr", "grad_norm", "skipped")
     got = [{key: row[key] for key in fields} for row in bucket_metrics(run)]
     assert got == [{key: row[key] for key in fields} for row in
-                   map(json.loads, (tmp_path / "straight" / trainer.METRICS_FILE).read_text().splitlines())]
+                   map(json.loads, (tmp_path / "straight" / METRICS_FILE).read_text().splitlines())]
     assert [row["step"] for row in got] == [1, 2, 3, 4, 5]
     assert_trees_equal(host_copy(resumed.state), host_copy(straight.state))
 
     # TensorBoard: one event file per run, read back from the bucket by TensorBoard's reader.
     events = tmp_path / "events"
     events.mkdir()
-    files = list((storage.path(run) / trainer.TENSORBOARD_DIR).iterdir())
+    files = list((storage.path(run) / TENSORBOARD_DIR).iterdir())
     assert len(files) == 2
     for file in files:
         (events / file.name).write_bytes(file.read_bytes())

@@ -1,7 +1,7 @@
 """Precomputed features: stored records == the encoders' outputs, training from them == training from
 pixels, the on-disk layout of several writing processes, and clear refusals.
 
-Uses test_train's `small_config`, so `trainer.compiled_for` compiles init, encoders and train step once.
+Uses test_train's `small_config`, so `upgpt_jax.train.build` compiles init, encoders and train step once.
 """
 import json
 
@@ -16,6 +16,7 @@ from upgpt_jax.models.clip import clip_from_config, encode_style_images, encode_
 from upgpt_jax.models.upgpt import UPGPT, build_model
 from upgpt_jax.tokenizer import load_clip_tokenizer
 from upgpt_jax.train import trainer
+from upgpt_jax.train.build import build
 from upgpt_jax.train.data import training_pipeline, training_source
 from upgpt_jax.train.precompute import precompute
 
@@ -50,7 +51,7 @@ def test_stored_records_equal_the_encoders_outputs(features_dir):
     config = features_config()
     records = [training_source(config.data, config.model)[index] for index in range(NUM_EXAMPLES)]
     pixels = pixel_transform_from_config(config.model, load_clip_tokenizer())(records)
-    vae_params = trainer.compiled_for(config).init().frozen_params  # what a training run starts from
+    vae_params = build(config).init().frozen_params  # what a training run starts from
     posterior = jax.jit(lambda params, images: build_model(config.model).apply(
         {"params": params}, images, method=UPGPT.posterior))(vae_params, pixels["image"])
     clip, clip_params = clip_from_config(config.model.clip, seed=config.seed)

@@ -15,10 +15,10 @@ import pytest
 
 from upgpt_jax.flops import train_step_flops
 from upgpt_jax.hardware import peak_flops_per_device
-from upgpt_jax.rundir.layout import CHECKPOINT_DIR
+from upgpt_jax.rundir.layout import CHECKPOINT_DIR, PROFILE_DIR, TENSORBOARD_DIR
 from upgpt_jax.train import trainer
 from upgpt_jax.train.metrics_window import MetricsWindow
-from upgpt_jax.train.profiling import PROFILE_DIR, STEP_NAME, parse_profile_steps
+from upgpt_jax.train.profiling import STEP_NAME, parse_profile_steps
 
 from test_train import read_metrics, small_config  # noqa: E402  (tests/ is on sys.path under pytest)
 
@@ -96,7 +96,7 @@ def test_mfu_is_model_flops_times_throughput_over_devices_and_peak(tmp_path):
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(tmp_path / trainer.TENSORBOARD_DIR))
+    events = EventAccumulator(str(tmp_path / TENSORBOARD_DIR))
     events.Reload()
     assert [event.step for event in events.Scalars("mfu")] == [2, 3]
     assert events.Scalars("mfu")[-1].value == pytest.approx(rows[-1]["mfu"], rel=1e-6)

@@ -23,9 +23,10 @@ import pytest
 from test_train import (  # noqa: F401 (shared_compilation_cache: the module's autouse XLA cache)
     REPO, read_metrics, shared_compilation_cache, small_config, subprocess_env, write_config_file)
 from upgpt_jax.sampling import ConditionError, plan_requests
-from upgpt_jax.rundir.layout import CHECKPOINT_DIR
+from upgpt_jax.rundir.layout import CHECKPOINT_DIR, METRICS_FILE
 from upgpt_jax.rundir.shardings import with_shardings
 from upgpt_jax.train import trainer
+from upgpt_jax.train.build import build
 from upgpt_jax.train.checkpointing import Checkpointer, CheckpointRestoreError, CheckpointSaveError
 from upgpt_jax.train.config_checks import ConfigError
 from upgpt_jax.train.metrics_log import MetricsLog
@@ -127,7 +128,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumes(t
 def test_when_no_checkpoint_restores_nothing_is_set_aside(two_checkpoints, tmp_path):
     """A config that no longer fits the run fails every restore: an error, the checkpoints stay."""
     workdir = copy_run(two_checkpoints, tmp_path)
-    parts = trainer.compiled_for(small_config())
+    parts = build(small_config())
     target = with_shardings(parts.abstract, parts.shardings)
     leaves, tree = jax.tree.flatten(target)
     leaves[-1] = jax.ShapeDtypeStruct((3, 3), leaves[-1].dtype, sharding=leaves[-1].sharding)
@@ -143,14 +144,14 @@ def test_when_no_checkpoint_restores_nothing_is_set_aside(two_checkpoints, tmp_p
 
 def test_a_second_job_on_a_held_workdir_is_refused_in_one_line(two_checkpoints, tmp_path, shared_compilation_cache):
     workdir = copy_run(two_checkpoints, tmp_path)
-    metrics = (workdir / trainer.METRICS_FILE).read_text()
+    metrics = (workdir / METRICS_FILE).read_text()
     with hold_workdir(workdir):  # this test process is the live first job
         run = run_cli("train.py", f"--config={write_config_file(tmp_path)}", f"--workdir={workdir}",
                       "--config.train.num_steps=5", cache=shared_compilation_cache)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
     assert len(error_lines(run.stderr)) == 1
     assert "is in use by job" in run.stderr and f"pid {os.getpid()} on {socket.gethostname()}" in run.stderr
-    assert (workdir / trainer.METRICS_FILE).read_text() == metrics  # its rows untouched
+    assert (workdir / METRICS_FILE).read_text() == metrics  # its rows untouched
     assert not (workdir / HOLD_FILE).exists()  # given back
 
 
@@ -212,7 +213,7 @@ def test_an_unwritable_checkpoint_folder_is_refused_before_training(tmp_path):
     (tmp_path / CHECKPOINT_DIR).write_text("a file where the folder should be")
     with pytest.raises(CheckpointSaveError, match="cannot write checkpoints to .*; nothing was trained"):
         trainer.train(small_config(), tmp_path)
-    assert not (tmp_path / trainer.METRICS_FILE).exists() and not (tmp_path / HOLD_FILE).exists()
+    assert not (tmp_path / METRICS_FILE).exists() and not (tmp_path / HOLD_FILE).exists()
 
 
 # --- 6. bad settings and inputs: refused first, in one line -------------------------------------
@@ -302,7 +303,7 @@ def test_metrics_rows_are_strict_json_and_the_resume_rewrite_is_atomic(tmp_path,
     for step in (1, 2, 3):
         log.write({"step": step, "loss": float("nan") if step == 2 else 0.5, "grad_norm": float("inf"), "lr": 0.1})
     log.close()
-    path = tmp_path / trainer.METRICS_FILE
+    path = tmp_path / METRICS_FILE
     rows = [json.loads(line, parse_constant=reject_constant) for line in path.read_text().splitlines()]
     assert [(row["loss"], row["grad_norm"]) for row in rows] == [(0.5, None), (None, None), (0.5, None)]
 

@@ -8,6 +8,7 @@ import pytest
 
 from upgpt_jax.models.upgpt import UPGPT, build_model
 from upgpt_jax.rundir.restore import run_config
+from upgpt_jax.rundir.layout import METRICS_FILE, TENSORBOARD_DIR
 from upgpt_jax.train import condition_stats, latent_scale, trainer
 from upgpt_jax.train.data import training_pipeline
 from upgpt_jax.train.previews import SAMPLES_DIR
@@ -28,7 +29,7 @@ def test_vae_stage_trains_the_autoencoder_alone(vae_run):
     workdir, result = vae_run
     assert result.stop_reason == "done" and result.last_checkpoint == 3
     assert set(result.state.params) == {"vae"} and result.state.frozen_params == {}
-    records = [json.loads(line) for line in (workdir / trainer.METRICS_FILE).read_text().splitlines()]
+    records = [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
     assert [record["step"] for record in records] == [1, 2, 3]
     for record in records:  # the loss is its terms: L1 + kl_weight * KL (LPIPS off without weights)
         assert record["rec_l1"] > 0 and record["kl"] > 0
@@ -86,10 +87,10 @@ def test_diffusion_stage_starts_from_the_trained_vae_and_previews(vae_run, tmp_p
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(tmp_path / trainer.TENSORBOARD_DIR), size_guidance={"images": 0})
+    events = EventAccumulator(str(tmp_path / TENSORBOARD_DIR), size_guidance={"images": 0})
     events.Reload()
     assert [event.step for event in events.Scalars("loss")] == [1, 2]
-    logged = json.loads((tmp_path / trainer.METRICS_FILE).read_text().splitlines()[-1])
+    logged = json.loads((tmp_path / METRICS_FILE).read_text().splitlines()[-1])
     assert events.Scalars("loss")[-1].value == pytest.approx(logged["loss"], rel=1e-6)
     (image,) = events.Images("samples")
     assert image.step == 2 and image.height > 0

@@ -1,7 +1,7 @@
 """The diffusion-stage trainer: optimizer math, NaN guard, exact resume, SIGTERM, sharded == unsharded.
 
 All runs use `small_config` (a sub-M-parameter model) so that one compilation serves most tests:
-`trainer.compiled_for` shares jitted functions between runs that differ only in loop settings.
+`upgpt_jax.train.build.build` shares jitted functions between runs that differ only in loop settings.
 """
 import json
 import os
@@ -19,9 +19,10 @@ import pytest
 from ml_collections import ConfigDict
 
 from conftest import jax_compilation_cache
-from upgpt_jax.rundir.layout import CHECKPOINT_DIR
+from upgpt_jax.rundir.layout import CHECKPOINT_DIR, METRICS_FILE
 from upgpt_jax.rundir.shardings import with_shardings
 from upgpt_jax.train import trainer
+from upgpt_jax.train.build import build
 from upgpt_jax.train.checkpointing import Checkpointer
 from upgpt_jax.train.optimizer import (
     current_learning_rate, ema_decay_at, ema_update, learning_rate_schedule, make_optimizer)
@@ -57,7 +58,7 @@ def small_config(**train_overrides):
 
 
 def read_metrics(workdir):
-    return [json.loads(line) for line in (pathlib.Path(workdir) / trainer.METRICS_FILE).read_text().splitlines()]
+    return [json.loads(line) for line in (pathlib.Path(workdir) / METRICS_FILE).read_text().splitlines()]
 
 
 def host_copy(tree):
@@ -161,7 +162,7 @@ def random_features(config, seed):
 
 def test_non_finite_loss_skips_the_update_and_counts_it():
     config = small_config()
-    parts = trainer.compiled_for(config)
+    parts = build(config)
     state = parts.init()
     before = host_copy((state.params, state.opt_state, state.ema_params))
 
@@ -217,7 +218,7 @@ def test_consecutive_nan_losses_stop_training_and_keep_the_last_good_checkpoint(
 
     checkpointer = Checkpointer(tmp_path / CHECKPOINT_DIR, keep=3)
     assert checkpointer.latest_step() == 2
-    parts = trainer.compiled_for(config)
+    parts = build(config)
     restored, _ = checkpointer.restore(2, with_shardings(parts.abstract, parts.shardings))
     checkpointer.close()
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(host_copy(restored.params)))
@@ -256,7 +257,7 @@ def test_sigterm_saves_a_checkpoint_at_the_step_reached_and_exits_cleanly(tmp_pa
                f"--workdir={workdir}", "--config.train.num_steps=100000", "--config.train.checkpoint_every=100000"]
     process = subprocess.Popen(command, env=subprocess_env(shared_compilation_cache), cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics = workdir / trainer.METRICS_FILE
+    metrics = workdir / METRICS_FILE
     deadline = time.monotonic() + 150
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
         assert process.poll() is None, process.communicate()[0][-3000:]
@@ -277,12 +278,12 @@ import json
 import jax, numpy as np
 from test_train import small_config, random_features
 from upgpt_jax.data.pipeline import make_global_batch
-from upgpt_jax.train import trainer
+from upgpt_jax.train.build import build
 
 assert jax.device_count() == 8
 config = small_config()
 config.mesh.update(data=2, fsdp=4, tensor=1)
-sharded = trainer.compiled_for(config)
+sharded = build(config)
 specs = [str(sharding.spec) for sharding in jax.tree.leaves(sharded.shardings.params)]
 assert sum("fsdp" in spec for spec in specs) > len(specs) // 2, specs
 
@@ -304,7 +305,7 @@ print("RESULT " + json.dumps({"losses": losses, "param_diff": diff}))
 def test_sharded_train_step_equals_unsharded(tmp_path, shared_compilation_cache):
     """Two steps on one device vs on 8 fake devices (data=2 x fsdp=4) from the same state."""
     config = small_config()
-    parts = trainer.compiled_for(config)
+    parts = build(config)
     state = parts.init()
     np.savez(tmp_path / "initial.npz", *jax.tree.leaves(host_copy(state)))
     expected_losses = []

@@ -1,8 +1,11 @@
-"""Where a training run keeps its checkpoints, and the one place their orbax managers are built.
+"""Where a training run keeps its files, and the one place their orbax managers are built.
 
   DIR/checkpoints/<step>/state    the TrainState (orbax PyTree)
   DIR/checkpoints/<step>/data     the input pipeline's JSON state
   DIR/checkpoints/<step>/config   the run's config (JSON), so a checkpoint alone can be sampled
+  DIR/metrics.jsonl               one JSON object per logged step (upgpt_jax.train.metrics_log)
+  DIR/tensorboard/                the same scalars and the sample grids as TensorBoard events
+  DIR/profile/                    `train.profile_steps`' trace (upgpt_jax.train.profiling)
 
 The trainer writes through `checkpoint_manager(create=True)` (upgpt_jax.train.checkpointing, which
 also sets damaged steps aside); readers open the folder with `read_checkpoints`, which never
@@ -17,6 +20,9 @@ import orbax.checkpoint as ocp
 from upgpt_jax import storage
 
 CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+PROFILE_DIR = "profile"
 # Files a step folder cannot restore without (orbax's layout): a folder lacking one is set aside at once.
 REQUIRED_FILES = ("state/_METADATA", "data", "config")
 

@@ -25,7 +25,9 @@ from tqdm import tqdm
 from upgpt_jax.data.pipeline import make_global_batch
 from upgpt_jax.distributed import compile_then_meet, host_to_global, is_main_process
 from upgpt_jax.phases import phase
+from upgpt_jax.train.build import Parts
 from upgpt_jax.train.data import training_pipeline
+from upgpt_jax.train.state import TrainState
 
 PART = "condition_stats"
 
@@ -60,7 +62,8 @@ def statistics_from_sums(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return stats
 
 
-def measure_condition_stats(config: ml_collections.ConfigDict, parts: Any, frozen_params: Any) -> dict[str, np.ndarray]:
+def measure_condition_stats(config: ml_collections.ConfigDict, parts: Parts,
+                            frozen_params: Any) -> dict[str, np.ndarray]:
     """The statistics of the module docstring over at least `config.model.condition_stats_examples`
     training examples, in the training data's order (a fresh pipeline: the run's own is untouched)."""
     wanted = int(config.model.condition_stats_examples)
@@ -71,11 +74,8 @@ def measure_condition_stats(config: ml_collections.ConfigDict, parts: Any, froze
     with training_pipeline(config) as pipeline:
         while seen < wanted:
             batch = make_global_batch(next(pipeline), parts.mesh, config.axis_rules)
-            if not config.data.features_dir:
-                if not seen:
-                    compile_then_meet(parts.encode, "condition statistics: encode", frozen_params, parts.clip_params,
-                                      batch)
-                batch = parts.encode(frozen_params, parts.clip_params, batch)
+            batch = parts.stage.step_input(frozen_params, batch,
+                                           compile_label=None if seen else "condition statistics: encode")
             arguments = (batch["text_embedding"], batch["style_embedding"], batch["style_present"])
             if not seen:
                 compile_then_meet(reduce, "condition statistics: sums", *arguments)
@@ -89,7 +89,7 @@ def measure_condition_stats(config: ml_collections.ConfigDict, parts: Any, froze
     return stats
 
 
-def with_condition_stats(state: Any, parts: Any, config: ml_collections.ConfigDict) -> Any:
+def with_condition_stats(state: TrainState, parts: Parts, config: ml_collections.ConfigDict) -> TrainState:
     """A fresh `state` with measured statistics in `frozen_params["condition_stats"]` when the model
     standardizes its conditions; `state` itself otherwise."""
     if PART not in state.frozen_params:

@@ -13,10 +13,8 @@ from typing import Any
 
 from upgpt_jax import storage
 from upgpt_jax.distributed import is_main_process
+from upgpt_jax.rundir.layout import METRICS_FILE, TENSORBOARD_DIR
 from upgpt_jax.train.summary import SummaryWriter
-
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricsLog:

@@ -35,7 +35,7 @@ from upgpt_jax.data.pipeline import InputPipeline, make_global_batch
 from upgpt_jax.data.transforms import FEATURE_RECORD_KEYS, Record, pixel_transform_from_config
 from upgpt_jax.tokenizer import load_clip_tokenizer
 from upgpt_jax.train.data import training_source
-from upgpt_jax.train.trainer import compiled_for, initial_state
+from upgpt_jax.train.encoders import build_encoders, initial_vae
 
 STORE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -70,8 +70,8 @@ def precompute(config: ml_collections.ConfigDict, out: str | pathlib.Path, *, dt
         raise ValueError(f"--dtype must be one of {STORE_DTYPES}, got {dtype!r}")
     started = time.perf_counter()
     out = storage.path(out)  # local or gs://
-    parts = compiled_for(config)
-    vae_params = initial_state(parts, config.train).frozen_params  # the VAE a training run of this config starts from
+    encoders = build_encoders(config)  # the VAE encoder and CLIP alone: no UNet, optimizer or train step
+    vae_params = {"vae": initial_vae(config, encoders)}  # the VAE a training run of this config starts from
     source = training_source(config.data, config.model)
     count = len(source)
     global_batch = int(batch_size or config.train.batch_size)
@@ -87,8 +87,8 @@ def precompute(config: ml_collections.ConfigDict, out: str | pathlib.Path, *, dt
         progress = tqdm(enumerate(pipeline), total=num_batches, desc="precompute", unit="batch",
                         disable=process_index != 0, dynamic_ncols=True)
         for batch_index, local in progress:
-            batch = make_global_batch(local, parts.mesh, config.axis_rules)
-            features = parts.encode(vae_params, parts.clip_params, batch)
+            batch = make_global_batch(local, encoders.mesh, config.axis_rules)
+            features = encoders.encode(vae_params, encoders.clip_params, batch)
             rows = {
                 "latent_moments": local_rows(features["latent_moments"]).astype(store_dtype),
                 "text_embedding": local_rows(features["text_embedding"]).astype(store_dtype),

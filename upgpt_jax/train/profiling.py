@@ -21,7 +21,6 @@ from typing import Any
 
 import jax
 
-PROFILE_DIR = "profile"
 STEP_NAME = "train"
 
 

@@ -47,17 +47,24 @@ def _vae_only(module: UPGPT, images: jax.Array) -> Any:
     return module.vae(images)
 
 
+def init_vae_boxed(model: UPGPT, model_config: ml_collections.ConfigDict, seed: int) -> Any:
+    """The autoencoder's params alone, boxed, without building the UNet or fusion: the same values as
+    the whole model's init with `seed` (flax derives each submodule's keys from its name)."""
+    # "unsafe_rbg" for the init draws: threefry doubles the compile time (see models.upgpt.init_params).
+    key = jax.random.key(seed, impl="unsafe_rbg")
+    return model.init(key, example_inputs(model_config)["images"], method=_vae_only)["params"]["vae"]
+
+
 def _init_boxed(model: UPGPT, model_config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
                 seed: int, train_seed: int, stage: str) -> TrainState:
     """The initial state with params still boxed in their logical axis names (optax and the EMA
     copy map through the boxes, so the optimizer moments carry the same names)."""
     trainable, frozen = stage_parts(stage)
-    # "unsafe_rbg" for the init draws: threefry doubles the compile time (see models.upgpt.init_params).
-    key, inputs = jax.random.key(seed, impl="unsafe_rbg"), example_inputs(model_config)
     if set(trainable + frozen) == {"vae"}:
-        variables = model.init(key, inputs["images"], method=_vae_only)["params"]
+        variables = {"vae": init_vae_boxed(model, model_config, seed)}
     else:
-        variables = model.init(key, **inputs)["params"]
+        # "unsafe_rbg" for the init draws: threefry doubles the compile time (see models.upgpt.init_params).
+        variables = model.init(jax.random.key(seed, impl="unsafe_rbg"), **example_inputs(model_config))["params"]
     params = {name: variables[name] for name in trainable}
     return TrainState(
         step=jnp.zeros((), jnp.int32),

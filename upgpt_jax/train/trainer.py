@@ -1,4 +1,8 @@
-"""The training loop of the diffusion stage: data -> frozen encoders -> train step -> logs, checkpoints.
+"""The training loop of either stage: data -> the stage's step input -> its train step -> logs, checkpoints.
+
+`_train` reads top to bottom as big_vision's train.py: set-up once (model and sharding, the stage,
+data, state; what is built comes from upgpt_jax.train.build, cached per configuration), then the
+loop, which asks the stage (upgpt_jax.train.stages) what to feed its step and what to log.
 
 Resuming is re-running: the same config and `workdir` restore the newest checkpoint (state and
 data position) and continue to `config.train.num_steps`. On CPU the losses then equal an
@@ -21,49 +25,36 @@ peak is known (upgpt_jax.hardware, or `train.peak_tflops`), the diffusion stage'
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
-from jax.sharding import Mesh
 from tqdm import tqdm
 
+from upgpt_jax import storage
 from upgpt_jax.data.pipeline import make_global_batch
 from upgpt_jax.distributed import any_process, compile_then_meet, host_to_global, is_main_process
-from upgpt_jax.flops import train_step_flops
 from upgpt_jax.hardware import peak_flops_per_device
-from upgpt_jax.models.clip import clip_from_config
-from upgpt_jax.models.upgpt import UPGPT, build_model
-from upgpt_jax import storage
 from upgpt_jax.phases import phase
-from upgpt_jax.rundir.layout import CHECKPOINT_DIR
+from upgpt_jax.rundir.layout import CHECKPOINT_DIR, PROFILE_DIR
 from upgpt_jax.rundir.shardings import with_shardings
 from upgpt_jax.rundir.vae import load_vae
-from upgpt_jax.sharding import make_mesh, weight_shardings
+from upgpt_jax.train.build import Parts, build
 from upgpt_jax.train.checkpointing import Checkpointer, CheckpointSaveError, PreemptionSignal
+from upgpt_jax.train.condition_stats import with_condition_stats
 from upgpt_jax.train.config_checks import check_training_config
 from upgpt_jax.train.data import training_pipeline
-from upgpt_jax.train.condition_stats import with_condition_stats
+from upgpt_jax.train.encoders import build_encoders
 from upgpt_jax.train.latent_scale import resolve_scale_factor
-from upgpt_jax.train.metrics_log import METRICS_FILE, TENSORBOARD_DIR, MetricsLog  # noqa: F401 (the run's files)
+from upgpt_jax.train.metrics_log import MetricsLog
 from upgpt_jax.train.metrics_window import MetricsWindow
-from upgpt_jax.train.optimizer import make_optimizer
 from upgpt_jax.train.previews import SamplePreviews
+from upgpt_jax.train.profiling import StepProfiler, parse_profile_steps
 from upgpt_jax.train.progress import TrainProgress
-from upgpt_jax.train.profiling import PROFILE_DIR, StepProfiler, parse_profile_steps
-from upgpt_jax.train.state import TrainState, abstract_state, make_init_fn
+from upgpt_jax.train.state import TrainState
 from upgpt_jax.train.workdir_hold import hold_workdir
-from upgpt_jax.train.vae_step import lpips_for_config, make_vae_train_step
-from upgpt_jax.train.step import TrainStep, make_encode_fn, make_train_step
-
-# Stage-specific losses logged beside `loss` when a step reports them (the VAE stage's terms).
-EXTRA_METRICS = ("rec_l1", "kl", "lpips")
 
 
 @dataclasses.dataclass
@@ -71,64 +62,6 @@ class TrainResult:
     state: TrainState
     stop_reason: str  # "done", "preempted" or "diverged"
     last_checkpoint: int | None
-
-
-# Fields that only steer the loop: runs that differ only in them share compiled functions.
-LOOP_FIELDS = ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "max_consecutive_nan",
-               "profile_steps", "peak_tflops")
-
-
-@dataclasses.dataclass(frozen=True)
-class Compiled:
-    """The model, frozen encoders, mesh and jitted functions of one configuration."""
-
-    mesh: Mesh
-    model: UPGPT
-    clip: Any
-    clip_params: Any
-    optimizer: optax.GradientTransformation
-    abstract: TrainState
-    shardings: TrainState
-    init: Callable[[], TrainState]
-    encode: Callable[..., dict[str, jax.Array]]
-    train_step: TrainStep
-
-
-def compiled_for(config: ml_collections.ConfigDict) -> Compiled:
-    """`Compiled` for `config`, reused by later calls with the same model/optimizer/mesh settings
-    (e.g. a notebook or a test calling `train` repeatedly compiles once)."""
-    key = config.copy_and_resolve_references()
-    with key.unlocked():
-        for field in LOOP_FIELDS:
-            key.train[field] = None
-        key.data = ml_collections.ConfigDict()
-    return _compiled(ml_collections.FrozenConfigDict(key), tuple(jax.devices()))
-
-
-@functools.lru_cache(maxsize=4)
-def _compiled(config: ml_collections.FrozenConfigDict, devices: tuple[jax.Device, ...]) -> Compiled:
-    config = ml_collections.ConfigDict(config)
-    mesh = make_mesh(config.mesh, devices, config.get("mesh_dcn"))
-    model = build_model(config.model)
-    clip, clip_params = clip_from_config(config.model.clip, seed=config.seed, dtype=jnp.dtype(config.model.dtype))
-    optimizer = make_optimizer(config.optim, config.train.grad_accum_steps)
-    abstract, shardings = abstract_state(model, config, optimizer, mesh)
-    if config.train.stage == "vae":
-        train_step = make_vae_train_step(model, config, optimizer, shardings, mesh, lpips_for_config(config.train.vae))
-    else:
-        train_step = make_train_step(model, config, optimizer, shardings, mesh)
-    return Compiled(
-        mesh=mesh,
-        model=model,
-        clip=clip,
-        clip_params=jax.tree.map(host_to_global, clip_params, weight_shardings(clip_params, mesh, config.axis_rules)),
-        optimizer=optimizer,
-        abstract=abstract,
-        shardings=shardings,
-        init=make_init_fn(model, config, optimizer, shardings),
-        encode=make_encode_fn(model, clip, mesh, config.axis_rules),
-        train_step=train_step,
-    )
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> TrainResult:
@@ -153,10 +86,16 @@ def _train(config: ml_collections.ConfigDict, workdir: storage.AnyPath, profile_
     checkpointer = Checkpointer(workdir / CHECKPOINT_DIR, train_config.keep_checkpoints)
     checkpointer.set_aside_incomplete()  # before the newest checkpoint's config is read
     with phase("set-up: model, data, restore or init", enabled=is_main_process()):
-        config = resolve_scale_factor(config, workdir, resumed=checkpointer.latest_step() is not None)
-        parts = compiled_for(config)
-        mesh = parts.mesh
+        # --- Model and sharding: the mesh, the model and the frozen encoders; with scale_by_std they
+        # measure the latent scale (or the run's own is read back), which completes the config.
+        encoders = build_encoders(config)
+        config = resolve_scale_factor(config, workdir, checkpointer.latest_step() is not None, encoders)
+        # --- The stage: optimizer, state shapes and shardings, init and jitted step (upgpt_jax.train.build).
+        parts = build(config)
+        stage, mesh = parts.stage, parts.mesh
+        # --- Data: this host's batches (pixels or precomputed features; the stage reads either).
         pipeline = training_pipeline(config)
+        # --- State: the newest checkpoint that restores, with the data position; else a fresh state.
         restored = checkpointer.restore_latest(with_shardings(parts.abstract, parts.shardings))
         if restored is None:
             state, last_checkpoint = initial_state(parts, train_config), None
@@ -165,15 +104,15 @@ def _train(config: ml_collections.ConfigDict, workdir: storage.AnyPath, profile_
             pipeline.set_state(data_state)
     if restored is None:
         state = with_condition_stats(state, parts, config)
+    # --- Logs, previews and the throughput figures.
     start_step = int(state.step)
     metrics_log = MetricsLog(workdir, start_step)
     previews = None
-    if train_config.sample_every and train_config.stage == "diffusion":
-        previews = SamplePreviews(config, parts.model, parts.clip, parts.clip_params, mesh, workdir)
-
-    flops_per_image = train_step_flops(config.model) if train_config.stage == "diffusion" else None
+    if train_config.sample_every and stage.previews:
+        previews = SamplePreviews(config, parts.model, parts.encoders.clip, parts.encoders.clip_params, mesh, workdir)
     peak_flops = peak_flops_per_device(jax.devices()[0].device_kind, train_config.get("peak_tflops", 0.0))
 
+    # --- The loop.
     stop_reason, window = "done", MetricsWindow(train_config.max_consecutive_nan)
     timed_steps, window_start, latest = 0, None, None
     progress = TrainProgress(train_config.num_steps, start_step, started, enabled=is_main_process())
@@ -183,15 +122,18 @@ def _train(config: ml_collections.ConfigDict, workdir: storage.AnyPath, profile_
             for step in range(start_step + 1, train_config.num_steps + 1):
                 # Only dispatch: the device runs the step while the host goes on. Reading a device value
                 # here would wait for it; JAX raises on GPU/TPU (a CPU "device" is host memory: no guard).
-                if window_start is None:
+                first = window_start is None
+                if first:
                     progress.compiling(step)
                 with jax.transfer_guard_device_to_host("disallow"), profiler.step(step):
-                    features = step_features(parts, config, next(pipeline), state, step, first=window_start is None)
-                    if window_start is None:
-                        compile_then_meet(parts.train_step, f"train step {step}", state, features)
-                    state, metrics = parts.train_step(state, features)
+                    batch = make_global_batch(stage.host_batch(next(pipeline)), mesh, config.axis_rules)
+                    step_input = stage.step_input(state.frozen_params, batch,
+                                                  compile_label=f"encode {step}" if first else None)
+                    if first:
+                        compile_then_meet(stage.step, f"train step {step}", state, step_input)
+                    state, metrics = stage.step(state, step_input)
                     window.add(metrics)
-                if window_start is None:  # img/s and the ETA are timed from the end of the first (compiling) step
+                if first:  # img/s and the ETA are timed from the end of the first (compiling) step
                     jax.block_until_ready(metrics)
                     window_start = time.perf_counter()
                     progress.compiled(step)
@@ -213,8 +155,8 @@ def _train(config: ml_collections.ConfigDict, workdir: storage.AnyPath, profile_
                         "grad_norm": float(latest["grad_norm"]),
                         "skipped": int(latest["skipped"]),
                         "img_per_s": img_per_s,
-                        **{key: float(latest[key]) for key in EXTRA_METRICS if key in latest},
-                        **utilization(flops_per_image, img_per_s, jax.device_count(), peak_flops),
+                        **{key: float(latest[key]) for key in stage.metrics},
+                        **utilization(stage.flops_per_image, img_per_s, jax.device_count(), peak_flops),
                     }
                     metrics_log.write(record)
                     progress.show(loss="-" if record["loss"] is None else f"{record['loss']:.4f}",
@@ -255,20 +197,6 @@ def _train(config: ml_collections.ConfigDict, workdir: storage.AnyPath, profile_
     return TrainResult(state=state, stop_reason=stop_reason, last_checkpoint=last_checkpoint)
 
 
-def step_features(parts: Compiled, config: ml_collections.ConfigDict, batch: dict[str, Any], state: TrainState,
-                  step: int, first: bool) -> Any:
-    """The train step's input for this host's `batch`: the images alone (VAE stage), the precomputed
-    features, or the frozen encoders' features (dispatched, not awaited)."""
-    if config.train.stage == "vae":  # the autoencoder needs the images alone
-        return make_global_batch({"image": batch["image"]}, parts.mesh, config.axis_rules)
-    if config.data.features_dir:  # the batch holds precomputed features already
-        return make_global_batch(batch, parts.mesh, config.axis_rules)
-    batch = make_global_batch(batch, parts.mesh, config.axis_rules)
-    if first:
-        compile_then_meet(parts.encode, f"encode {step}", state.frozen_params, parts.clip_params, batch)
-    return parts.encode(state.frozen_params, parts.clip_params, batch)
-
-
 def preemption_agreed(received: bool, synced: bool) -> bool:
     """Whether every process stops for a preemption at this step. One process: its own flag, every
     step. Several: agreeing takes a cross-process collective, which waits for the device, so they
@@ -294,13 +222,13 @@ def utilization(flops_per_image: float | None, img_per_s: float | None, num_devi
     return {"tflops_per_device": achieved / 1e12, "mfu": achieved / peak_flops}
 
 
-def initial_state(parts: Compiled, train_config: ml_collections.ConfigDict) -> TrainState:
+def initial_state(parts: Parts, train_config: ml_collections.ConfigDict) -> TrainState:
     """A fresh state; with `train_config.init_vae_from` its VAE weights come from there (checked
     against this config before anything is initialised): frozen in the diffusion stage, trained
     (params and EMA) in the VAE stage."""
     if not train_config.init_vae_from:
         return parts.init()
-    group = "frozen_params" if "vae" in parts.abstract.frozen_params else "params"
+    group = "frozen_params" if "vae" in parts.stage.frozen else "params"
     vae = load_vae(train_config.init_vae_from, like=getattr(parts.abstract, group)["vae"])
     state = parts.init()
 
