@@ -6,8 +6,8 @@ is the same whatever the number of hosts.
 
 Grain. The batches are a grain dataset: `MapDataset.range` of this host's record positions (from
 the state's batch on), `.map(HostOrder)` to source indices, `.map(source[...])` to records,
-`.batch(batch_fn=transform)` to this host's batch, `.to_iter_dataset()` (one read-ahead thread of
-`prefetch` batches) and, with `num_workers > 0`, `.mp_prefetch`: spawned worker processes (the
+`.batch(batch_fn=transform)` to this host's batch, then `.to_iter_dataset()` with one read-ahead
+thread of `prefetch` batches or, with `num_workers > 0`, `.mp_prefetch`: spawned worker processes (the
 dataset is pickled into them, so source and transform must pickle) each build every
 `num_workers`-th batch, and grain hands them back in order, so the number of workers never
 changes the batches.
@@ -100,14 +100,13 @@ class InputPipeline:
         batches = (grain.MapDataset.range(first * rows, last * rows)
                    .map(self._order())
                    .map(self.source.__getitem__)
-                   .batch(rows, drop_remainder=True, batch_fn=self.transform)
-                   .to_iter_dataset(grain.ReadOptions(num_threads=int(self.prefetch > 0),
-                                                      prefetch_buffer_size=self.prefetch)))
-        if self.num_workers:
-            _default_absl_flags()
-            batches = batches.mp_prefetch(grain.MultiprocessingOptions(
-                num_workers=self.num_workers, per_worker_buffer_size=max(1, self.prefetch)))
-        return batches
+                   .batch(rows, drop_remainder=True, batch_fn=self.transform))
+        if not self.num_workers:  # a read-ahead thread of `prefetch` batches
+            return batches.to_iter_dataset(grain.ReadOptions(num_threads=int(self.prefetch > 0),
+                                                             prefetch_buffer_size=self.prefetch))
+        _default_absl_flags()  # workers read ahead by themselves: no thread in them
+        return batches.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)).mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=self.num_workers, per_worker_buffer_size=max(1, self.prefetch)))
 
     def _advance(self) -> None:
         epoch, position = self._state["epoch"], self._state["position"] + 1
@@ -169,7 +168,7 @@ class InputPipeline:
 
 def _default_absl_flags() -> None:
     """Grain reads its absl flags (worker profiling, debug mode) when it starts worker processes,
-    which fails in a program that never parsed flags (our argparse CLIs, pytest, a notebook): mark
+    which fails in a program that never parsed flags (an argparse script, pytest, a notebook): mark
     them parsed, i.e. at their defaults. A later `absl.app.run` or `FLAGS(argv)` still parses argv."""
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
