@@ -23,14 +23,15 @@ def index_pipeline(**kwargs):
     return InputPipeline([{"index": np.int64(i)} for i in range(N)], BATCH, gather_indices, seed=SEED, **kwargs)
 
 
-def reference_batches(first: int, count: int, process_index: int = 0, process_count: int = 1) -> list[np.ndarray]:
+def reference_batches(first: int, count: int, process_index: int = 0, process_count: int = 1,
+                      num_records: int = N) -> list[np.ndarray]:
     """Global batches first .. first + count - 1 (counted from epoch 0), this host's rows, by hand."""
-    local, per_epoch = BATCH // process_count, N // BATCH
+    local, per_epoch = BATCH // process_count, num_records // BATCH
     batches = []
     for number in range(first, first + count):
         epoch, position = divmod(number, per_epoch)
         start = position * BATCH + process_index * local
-        batches.append(epoch_order(N, SEED, epoch)[start:start + local])
+        batches.append(epoch_order(num_records, SEED, epoch)[start:start + local])
     return batches
 
 
@@ -80,6 +81,47 @@ def test_state_saved_on_two_hosts_continues_the_global_sequence_on_one(num_worke
     for process_index, host in enumerate(hosts):  # and the other way: one host's state, two hosts
         host.set_state(back_to_two)
         np.testing.assert_array_equal(np.stack(take(host, 2)), np.stack(reference_batches(9, 2, process_index, 2)))
+
+
+def failing_on_record_5(records):
+    if any(int(record["index"]) == 5 for record in records):
+        raise ValueError("cannot decode record 5")
+    return gather_indices(records)
+
+
+def test_a_transform_error_in_a_worker_reaches_the_main_process():
+    failing = next(batch for batch in range(N // BATCH) if 5 in reference_batches(batch, 1)[0])  # 3 with SEED
+    with InputPipeline([{"index": np.int64(i)} for i in range(N)], BATCH, failing_on_record_5, seed=SEED,
+                       num_workers=2) as pipeline:
+        np.testing.assert_array_equal(np.stack(take(pipeline, failing)), np.stack(reference_batches(0, failing)))
+        with pytest.raises(ValueError, match="cannot decode record 5"):
+            next(pipeline)
+        assert pipeline.get_state() == {"seed": SEED, "epoch": 0, "position": failing}  # not delivered
+
+
+def test_feature_shards_are_read_in_workers(tmp_path):
+    """Features mode: the ArrayRecord-backed FeatureSource pickles into workers and reads the same rows."""
+    from upgpt_jax.data.features import FeatureSource, FeatureWriter, write_metadata
+    from upgpt_jax.data.transforms import FeatureTransform
+
+    count, rng = 10, np.random.default_rng(0)
+    records = [{"latent_moments": rng.standard_normal((8, 6, 8)).astype(np.float32),
+                "text_embedding": rng.standard_normal((77, 16)).astype(np.float32),
+                "style_embedding": rng.standard_normal((9, 16)).astype(np.float32),
+                "mask": rng.integers(0, 2, (64, 48, 1)).astype(np.uint8) * 255,
+                "smpl": rng.standard_normal(85).astype(np.float32),
+                "style_present": rng.random(9) > 0.3} for _ in range(count)]
+    with FeatureWriter(tmp_path, 0, 1) as writer:
+        for record in records:
+            writer.write(record)
+    write_metadata(tmp_path, count=count, global_batch_size=BATCH, process_count=1, example=records[0],
+                   signature={}, info={})
+    with InputPipeline(FeatureSource(tmp_path), BATCH, FeatureTransform(), seed=SEED, num_workers=2) as pipeline:
+        for indices in reference_batches(0, 5, num_records=count):  # 2 batches an epoch: crosses two epochs
+            batch, expected = next(pipeline), FeatureTransform()([records[i] for i in indices])
+            assert set(batch) == set(expected)
+            for name in expected:
+                np.testing.assert_array_equal(batch[name], expected[name])
 
 
 def test_training_pipeline_sources_and_transforms_run_in_workers(tiny_config):
