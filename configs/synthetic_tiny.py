@@ -46,7 +46,8 @@ def get_config(stage: str = "diffusion") -> ml_collections.ConfigDict:
     config.optim.update(learning_rate=1e-3, warmup_steps=100, decay_steps=1000, end_learning_rate_factor=0.1)
     config.diffusion.snr_gamma = 5.0
     config.train.update(batch_size=8, num_steps=1000, log_every=50, checkpoint_every=250, ema_decay=0.999)
-    config.data.num_examples = 20_000  # Rendered on demand in the prefetch thread (~11 ms), kept (~50 KB each).
+    config.data.num_examples = 20_000  # Rendered on demand (5-11 ms) by the read-ahead thread or data.num_workers
+    # worker processes, and kept (~50 KB each, in each process that rendered it).
     if stage == "vae":
         config.train.update(stage="vae", num_steps=600, ema_decay=0.99, checkpoint_every=300)
         config.optim.update(learning_rate=2e-3, decay_steps=0)  # A decay stalls the colours (see README).
