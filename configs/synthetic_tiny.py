@@ -51,6 +51,7 @@ def get_config(stage: str = "diffusion") -> ml_collections.ConfigDict:
     if stage == "vae":
         config.train.update(stage="vae", num_steps=600, ema_decay=0.99, checkpoint_every=300)
         config.optim.update(learning_rate=2e-3, decay_steps=0)  # A decay stalls the colours (see README).
+        config.train.vae.person_weight = 12.0  # garment colours in 600 steps: 0.74 of parts, 0.35 unweighted
     elif stage != "diffusion":
         raise ValueError(f"configs/synthetic_tiny.py:<stage>: stage must be 'diffusion' or 'vae', got {stage!r}")
     return config

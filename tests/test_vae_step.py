@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+import scipy.ndimage
 import torch
 
 from conftest import random_params
@@ -18,7 +19,7 @@ from upgpt_jax.models.upgpt import build_model
 from upgpt_jax.sharding import make_mesh
 from upgpt_jax.train.optimizer import make_optimizer
 from upgpt_jax.train.state import abstract_state, make_init_fn
-from upgpt_jax.train.vae_step import lpips_for_config, make_vae_train_step, vae_loss
+from upgpt_jax.train.vae_step import lpips_for_config, make_vae_train_step, person_pixel_weights, vae_loss
 
 HEIGHT, WIDTH = 48, 40  # AlexNet's relu5 needs about 40 pixels a side.
 
@@ -106,3 +107,59 @@ def test_train_step_lowers_the_loss_and_skips_non_finite_batches(vae_config, lpi
     jax.tree.map(np.testing.assert_array_equal, after, before)
     state, metrics = step(state, batch)
     assert bool(metrics["finite"]) and float(metrics["loss"]) < losses[0]
+
+
+def test_person_pixel_weights_are_the_dilated_mask_upsampled():
+    """1 + w on the person and its 3x3 rim at latent size, each latent pixel an f x f block, mean 1:
+    against scipy's binary dilation and numpy's Kronecker product. Inside is > -1 (the quirk's
+    -0.99216 counts as inside)."""
+    rng = np.random.default_rng(0)
+    inside = rng.random((2, 6, 5)) < 0.2
+    inside[0, 0, 0] = True  # a corner pixel: the rim stays inside the image
+    latent_mask = np.where(inside, -0.99216, -1.0).astype(np.float32)[..., None]
+    weights = np.array(person_pixel_weights(latent_mask, (24, 20), 12.0))
+
+    rim = np.stack([scipy.ndimage.binary_dilation(m, structure=np.ones((3, 3), bool)) for m in inside])
+    expected = 1.0 + 12.0 * np.kron(rim, np.ones((4, 4))).astype(np.float64)
+    expected /= expected.mean()
+    assert weights.shape == (2, 24, 20, 1)
+    np.testing.assert_allclose(weights[..., 0], expected, rtol=1e-6)
+
+
+def test_person_weighted_loss_and_step(vae_config):
+    """With pixel weights the L1 term is mean(p * |x - x_rec|) (rec_l1 stays the plain mean), and a
+    step with config.train.vae.person_weight reads the batch's person mask."""
+    model = build_model(vae_config.model)
+    images, _ = image_pair(2, HEIGHT, WIDTH, seed=6)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images, method=lambda module, x: module.vae(x)))
+    vae_params = random_params(nn.unbox(shapes)["params"]["vae"], seed=7)
+    rng = jax.random.key(8)
+    latent_mask = np.full((2, HEIGHT // 2, WIDTH // 2, 1), -1.0, np.float32)
+    latent_mask[:, 8:14, 6:12] = 1.0
+    pixel_weights = person_pixel_weights(latent_mask, (HEIGHT, WIDTH), 5.0)
+
+    def loss_with(weights):
+        return jax.jit(lambda p, x, key: vae_loss(model, p, x, key, kl_weight=0.0, pixel_weights=weights))(
+            vae_params, images, rng)
+
+    plain_loss, plain = loss_with(None)
+    weighted_loss, weighted = loss_with(pixel_weights)
+    reconstruction, _ = model.apply({"params": {"vae": vae_params}}, images, rng, method=lambda m, x, k: m.vae(
+        x, k, sample_posterior=True))
+    error = np.abs(np.asarray(images, np.float64) - np.asarray(reconstruction, np.float64))
+    assert relative_error(plain_loss, error.mean()) <= 1e-4
+    assert relative_error(weighted_loss, (np.asarray(pixel_weights) * error).mean()) <= 1e-4
+    assert relative_error(weighted["rec_l1"], plain["rec_l1"]) <= 1e-6
+    assert abs(float(weighted_loss) - float(plain_loss)) > 1e-3 * float(plain_loss)
+
+    config = vae_config.copy_and_resolve_references()
+    config.train.vae.update(person_weight=5.0, lpips_weight=0.0)
+    optimizer = make_optimizer(config.optim)
+    mesh = make_mesh(config.mesh)
+    _, shardings = abstract_state(model, config, optimizer, mesh)
+    state = make_init_fn(model, config, optimizer, shardings)()
+    step = make_vae_train_step(model, config, optimizer, shardings, mesh)
+    with pytest.raises(KeyError, match="person_mask"):
+        step(state, {"image": images})
+    state, metrics = step(state, {"image": images, "person_mask": latent_mask})
+    assert bool(metrics["finite"]) and int(state.step) == 1

@@ -71,7 +71,8 @@ def vae_stage(config: ml_collections.ConfigDict, model: UPGPT, optimizer: optax.
     """The autoencoder from the images alone (LPIPS term when config.train.vae names its weights)."""
     lpips = lpips_for_config(config.train.vae)
     step = make_vae_train_step(model, config, optimizer, shardings, encoders.mesh, lpips)
-    return Stage(name="vae", step=step, host_keys=("image",),
+    host_keys = ("image", "person_mask") if config.train.vae.get("person_weight", 0.0) else ("image",)
+    return Stage(name="vae", step=step, host_keys=host_keys,
                  metrics=("rec_l1", "kl") + (("lpips",) if lpips is not None else ()),
                  flops_per_image=None, previews=False)
 
