@@ -157,6 +157,23 @@ def make_vae_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimiz
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=(0,),
     )
-    if person_weight:
-        return lambda state, batch: jitted(state, batch["image"], batch["person_mask"], lpips_params)
-    return lambda state, batch: jitted(state, batch["image"], None, lpips_params)
+    return _BatchStep(jitted, person_weight > 0, lpips_params)
+
+
+class _BatchStep:
+    """`step(state, batch)` over the jitted step's own arguments; `lower(state, batch)` as a jitted
+    function has, for `distributed.compile_then_meet` (multi-process runs compile before the first
+    step)."""
+
+    def __init__(self, jitted: Any, reads_person_mask: bool, lpips_params: Any):
+        self._jitted, self._reads_person_mask, self._lpips_params = jitted, reads_person_mask, lpips_params
+
+    def _arguments(self, state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[Any, ...]:
+        person_mask = batch["person_mask"] if self._reads_person_mask else None
+        return state, batch["image"], person_mask, self._lpips_params
+
+    def __call__(self, state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        return self._jitted(*self._arguments(state, batch))
+
+    def lower(self, state: TrainState, batch: Mapping[str, jax.Array]) -> Any:
+        return self._jitted.lower(*self._arguments(state, batch))
