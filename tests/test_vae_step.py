@@ -7,7 +7,6 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-import scipy.ndimage
 import torch
 
 from conftest import random_params
@@ -19,7 +18,8 @@ from upgpt_jax.models.upgpt import build_model
 from upgpt_jax.sharding import make_mesh
 from upgpt_jax.train.optimizer import make_optimizer
 from upgpt_jax.train.state import abstract_state, make_init_fn
-from upgpt_jax.train.vae_step import lpips_for_config, make_vae_train_step, person_pixel_weights, vae_loss
+from upgpt_jax.train.loss_weights import person_pixel_weights
+from upgpt_jax.train.vae_step import lpips_for_config, make_vae_train_step, vae_loss
 
 HEIGHT, WIDTH = 48, 40  # AlexNet's relu5 needs about 40 pixels a side.
 
@@ -107,23 +107,6 @@ def test_train_step_lowers_the_loss_and_skips_non_finite_batches(vae_config, lpi
     jax.tree.map(np.testing.assert_array_equal, after, before)
     state, metrics = step(state, batch)
     assert bool(metrics["finite"]) and float(metrics["loss"]) < losses[0]
-
-
-def test_person_pixel_weights_are_the_dilated_mask_upsampled():
-    """1 + w on the person and its 3x3 rim at latent size, each latent pixel an f x f block, mean 1:
-    against scipy's binary dilation and numpy's Kronecker product. Inside is > -1 (the quirk's
-    -0.99216 counts as inside)."""
-    rng = np.random.default_rng(0)
-    inside = rng.random((2, 6, 5)) < 0.2
-    inside[0, 0, 0] = True  # a corner pixel: the rim stays inside the image
-    latent_mask = np.where(inside, -0.99216, -1.0).astype(np.float32)[..., None]
-    weights = np.array(person_pixel_weights(latent_mask, (24, 20), 12.0))
-
-    rim = np.stack([scipy.ndimage.binary_dilation(m, structure=np.ones((3, 3), bool)) for m in inside])
-    expected = 1.0 + 12.0 * np.kron(rim, np.ones((4, 4))).astype(np.float64)
-    expected /= expected.mean()
-    assert weights.shape == (2, 24, 20, 1)
-    np.testing.assert_allclose(weights[..., 0], expected, rtol=1e-6)
 
 
 def test_person_weighted_loss_and_step(vae_config):

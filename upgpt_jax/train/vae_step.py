@@ -19,14 +19,11 @@ with kl_weight and lpips_weight in LDM's units (config.train.vae). One differenc
 global-norm gradient clip (config.optim.grad_clip_norm) acts on this N-times smaller gradient;
 LDM's autoencoder runs Adam(betas=(0.5, 0.9)) without clipping.
 
-An option LDM lacks, `person_weight` w > 0: the L1 term becomes mean(p * |x - x_rec|) with pixel
-weights p = 1 + w on the person and a rim of one latent pixel around it (the person mask dilated by
-3x3 at latent resolution), 1 elsewhere, normalised to mean 1. A small person on a flat background
-is a small share of the plain L1, so a short run learns the background first and the garments'
-colours last: on synthetic_tiny (600 steps, 32 test targets) the reconstructions name the right
-garment colour for 35% of parts at w = 0 and 74% at w = 12; the rim keeps the background next to
-the person clean, which the silhouette IoU reads (0.81 at w = 0, 0.815 at w = 12 with the rim,
-0.71 without it).
+An option LDM lacks, `person_weight` w > 0: the L1 term becomes mean(p * |x - x_rec|) with the
+pixel weights p of upgpt_jax/train/loss_weights.py (1 + w on the person and its rim, mean 1). On
+synthetic_tiny (600 steps, 32 test targets) the reconstructions name the right garment colour for
+35% of parts at w = 0 and 74% at w = 12; the rim keeps the silhouette IoU (0.81 at w = 0, 0.815 at
+w = 12 with the rim, 0.71 without it).
 """
 from __future__ import annotations
 
@@ -44,6 +41,7 @@ from upgpt_jax.eval.lpips import LPIPS, load_lpips_from_folder, lpips_distance
 from upgpt_jax.models.upgpt import UPGPT
 from upgpt_jax.models.vae import DiagonalGaussian
 from upgpt_jax.sharding import batch_sharding, on_mesh
+from upgpt_jax.train.loss_weights import person_pixel_weights
 from upgpt_jax.train.optimizer import current_learning_rate
 from upgpt_jax.train.state import MAX_UPDATE_RATIO, TrainState, apply_gradients, replicated
 
@@ -84,17 +82,6 @@ def vae_loss(model: UPGPT, vae_params: Any, images: jax.Array, rng: jax.Array, *
         metrics["lpips"] = perceptual
     metrics["loss"] = loss
     return loss, metrics
-
-
-def person_pixel_weights(person_mask: jax.Array, image_size: tuple[int, int], person_weight: float) -> jax.Array:
-    """Pixel weights (B, H, W, 1) of the module doc from the latent-size `person_mask` (B, h, w, 1;
-    inside > -1, as the input pipeline gives it with or without the original's mask quirk): 1 + w
-    on the person and its one-latent-pixel rim, 1 elsewhere, divided by their mean."""
-    inside = (person_mask > -1).astype(jnp.float32)
-    with_rim = jax.lax.reduce_window(inside, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
-    rows, cols = image_size[0] // person_mask.shape[1], image_size[1] // person_mask.shape[2]
-    weights = 1.0 + person_weight * jnp.repeat(jnp.repeat(with_rim, rows, axis=1), cols, axis=2)
-    return weights / jnp.mean(weights)
 
 
 def lpips_for_config(vae_settings: ml_collections.ConfigDict) -> tuple[LPIPS, Any] | None:
