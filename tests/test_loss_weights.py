@@ -1,13 +1,8 @@
 """The person-favouring loss weights (upgpt_jax/train/loss_weights.py) against scipy's binary
-dilation, and the diffusion step handing them to the eps loss when config.diffusion.person_weight
-asks for them (the VAE step's use is in tests/test_vae_step.py)."""
-import jax.numpy as jnp
+dilation (the VAE step's use of them is in tests/test_vae_step.py)."""
 import numpy as np
 import scipy.ndimage
 
-from test_train import random_features, small_config
-from upgpt_jax.train import step as step_module
-from upgpt_jax.train.build import build
 from upgpt_jax.train.loss_weights import person_pixel_weights
 
 
@@ -29,30 +24,3 @@ def test_person_pixel_weights_are_the_dilated_mask_upsampled():
     plain_mask = np.where(inside, 1.0, -1.0).astype(np.float32)[..., None]
     np.testing.assert_allclose(np.array(person_pixel_weights(plain_mask, (6, 5), 3.0))[..., 0],
                                reference_weights(inside, 1, 3.0), rtol=1e-6)
-
-
-def test_the_diffusion_step_weights_the_eps_loss_by_the_person_mask(monkeypatch):
-    """The step's loss is what eps_loss returns; a stand-in eps_loss returns a fixed linear read-out
-    of the weights it was given, so the step's loss shows which weights reached it."""
-    received = []
-
-    def read_out_weights(model, params, batch, schedule, rng, **kwargs):
-        weights = batch.get("loss_weights")
-        received.append(weights is not None)
-        if weights is None:
-            return jnp.zeros(()), {}
-        pattern = jnp.arange(weights.size, dtype=jnp.float32).reshape(weights.shape) % 7.0
-        return jnp.mean(weights * pattern), {}  # no params: zero gradients, a harmless update
-
-    monkeypatch.setattr(step_module, "eps_loss", read_out_weights)
-    config = small_config()
-    config.diffusion.person_weight = 5.0
-    parts = build(config)
-    features = random_features(config, 0)
-    _, metrics = parts.stage.step(parts.init(), features)
-
-    inside = features["person_mask"][..., 0] > -1
-    expected = reference_weights(inside, 1, 5.0)
-    pattern = np.arange(expected.size, dtype=np.float64).reshape(expected.shape) % 7.0
-    assert received == [True]
-    np.testing.assert_allclose(float(metrics["loss"]), (expected * pattern).mean(), rtol=1e-5)

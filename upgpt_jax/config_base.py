@@ -128,9 +128,6 @@ def released_config() -> ml_collections.ConfigDict:
         prediction="eps",
         # > 0: Min-SNR-gamma loss weights (upgpt_jax.diffusion.loss); 0: LDM's unweighted loss.
         snr_gamma=0.0,
-        # > 0 (not LDM's): the eps error on the person and its rim counts 1 + person_weight times the
-        # background's (upgpt_jax/train/loss_weights.py). 0: every latent pixel alike.
-        person_weight=0.0,
     ))
 
     c.optim = ml_collections.ConfigDict(dict(

@@ -3,8 +3,7 @@
 The step samples the VAE posterior (so precomputed moments and on-the-fly encoding train
 alike), draws the condition-dropout masks for classifier-free guidance, takes the eps-loss
 gradient of the trainable params (compute in `config.model.dtype`, master weights float32),
-and applies AdamW and the EMA (with `diffusion.person_weight` > 0 the eps error is weighted
-toward the person: upgpt_jax/train/loss_weights.py). A non-finite loss or gradient norm, or an update larger than
+and applies AdamW and the EMA. A non-finite loss or gradient norm, or an update larger than
 `train.max_update_ratio` x the weights, keeps params, optimizer state and EMA as they were and
 counts the step in `state.skipped`; the step counter and RNG move on, so the next batch is used next.
 """
@@ -24,7 +23,6 @@ from upgpt_jax.models.clip import ClipEncoders, encode_style_images, encode_text
 from upgpt_jax.models.upgpt import UPGPT
 from upgpt_jax.models.vae import DiagonalGaussian
 from upgpt_jax.sharding import batch_sharding, on_mesh
-from upgpt_jax.train.loss_weights import person_pixel_weights
 from upgpt_jax.train.optimizer import current_learning_rate
 from upgpt_jax.train.state import MAX_UPDATE_RATIO, TrainState, apply_gradients, replicated
 
@@ -70,7 +68,6 @@ def make_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimizer: 
     schedule = NoiseSchedule.from_config(config.diffusion)
     dropout_probabilities = dict(config.train.cond_dropout)
     snr_gamma = float(config.diffusion.get("snr_gamma", 0.0))  # absent in configs saved before it existed
-    person_weight = float(config.diffusion.get("person_weight", 0.0))  # likewise
     ema_decay = float(config.train.ema_decay)
     max_update_ratio = float(config.train.get("max_update_ratio", MAX_UPDATE_RATIO))
     grad_accum_steps = int(config.train.grad_accum_steps)
@@ -87,9 +84,6 @@ def make_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimizer: 
             "style_present": features["style_present"],
             **condition_dropout(dropout_rng, features["pose"].shape[0], dropout_probabilities),
         }
-        if person_weight:
-            person_mask = features["person_mask"]
-            batch["loss_weights"] = person_pixel_weights(person_mask, person_mask.shape[1:3], person_weight)
 
         def loss_fn(params: Any) -> jax.Array:
             loss, _ = eps_loss(model, {**params, **state.frozen_params}, batch, schedule, loss_rng,
