@@ -43,13 +43,13 @@ def get_config(stage: str = "diffusion") -> ml_collections.ConfigDict:
     model.clip.update(text_width=64, text_layers=2, text_heads=4, vision_width=64, vision_layers=2,
                       vision_heads=4, image_size=32, patch_size=8, projection_dim=64)
     model.fusion.update(text_dim=64, style_dim=64, context_dim=64, learned_heads=4)
-    config.optim.update(learning_rate=1e-3, warmup_steps=100, decay_steps=1000, end_learning_rate_factor=0.1)
+    config.optim.update(learning_rate=2e-3, warmup_steps=100, decay_steps=800, end_learning_rate_factor=0.1)
     config.diffusion.snr_gamma = 5.0
-    config.train.update(batch_size=8, num_steps=1000, log_every=50, checkpoint_every=250, ema_decay=0.999)
-    config.data.num_examples = 20_000  # Rendered on demand (5-11 ms) by the read-ahead thread or data.num_workers
+    config.train.update(batch_size=32, num_steps=800, log_every=50, checkpoint_every=200, ema_decay=0.999)
+    config.data.num_examples = 5_000  # Rendered on demand (5-11 ms) by the read-ahead thread or data.num_workers
     # worker processes, and kept (~50 KB each, in each process that rendered it).
     if stage == "vae":
-        config.train.update(stage="vae", num_steps=600, ema_decay=0.99, checkpoint_every=300)
+        config.train.update(stage="vae", batch_size=8, num_steps=600, ema_decay=0.99, checkpoint_every=300)
         config.optim.update(learning_rate=2e-3, decay_steps=0)  # A decay stalls the colours (see README).
         config.train.vae.person_weight = 12.0  # garment colours in 600 steps: 0.74 of parts, 0.35 unweighted
     elif stage != "diffusion":
