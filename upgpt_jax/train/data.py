@@ -17,7 +17,7 @@ from upgpt_jax.tokenizer import load_clip_tokenizer
 class SyntheticPairs:
     """The `synthetic_people` train records rendered on demand (and memoised), no files needed.
 
-    Record k is the one the TFDS builder (data/synthetic_people) stores as record k
+    Record k is the one the TFDS builder (upgpt_jax/data/builders/synthetic_people.py) stores as record k
     (`upgpt_jax.data.records.synthetic_pair_record`). It pickles without its memo, so each input
     worker process (config.data.num_workers) renders and memoises the records it reads itself.
     """
