@@ -12,8 +12,8 @@ import pytest
 
 from upgpt_jax.data.records import synthetic_pair_record
 from upgpt_jax.data.synthetic import describe, describe_colour_free, identity_from_id, make_example, sample_identity
-from upgpt_jax.data.synthetic.identity import CLOTHING_COLOURS, HAIR_COLOURS, SHOE_COLOURS
-from upgpt_jax.eval.edit_success import EDITED_PARTS, TextEdit, choose_edit, edit_scores, edit_words, edited_people
+from upgpt_jax.data.synthetic.identity import CLOTHING_COLOURS, HAIR_COLOURS, SHOE_COLOURS, describe_part
+from upgpt_jax.eval.edit_success import EDITED_PARTS, TextEdit, choose_edit, edit_scores, edited_people
 from upgpt_jax.eval.synthetic import PART_PALETTES, SCORED_PARTS, target_layout
 
 COLOUR_WORDS = set(CLOTHING_COLOURS) | set(HAIR_COLOURS) | set(SHOE_COLOURS)
@@ -48,7 +48,7 @@ def test_edit_scores_by_hand(posed):
     identity, layout = posed
     before = {part: layout.requested[part] for part in SCORED_PARTS}
     new_top = other_colour("top", identity.top_colour, identity.bottom_colour)
-    edit = TextEdit("top", new_top, edit_words(identity, "top", new_top))
+    edit = TextEdit("top", new_top, describe_part(identity, "top", new_top))
     cases = {  # edited image -> (part_hit, others_kept, success)
         "recoloured": ({**before, "top": new_top}, (1.0, 1.0, 1.0)),
         "unchanged": (before, (0.0, 1.0, 0.0)),
@@ -91,12 +91,21 @@ def test_choose_edit_is_seeded_and_asks_for_a_colour_no_garment_wears(posed):
     assert choose_edit(identity, hidden, 0, 0) is None
 
 
-def test_edit_words_name_the_garment_as_the_content_text_does():
+def test_part_texts_name_the_garment_as_the_content_text_does():
     identity = identity_from_id(0)
-    assert edit_words(identity, "top", "red") == "a red top"
-    assert edit_words(identity, "top", "orange") == "an orange top"
+    assert describe_part(identity, "top", "red") == "a red top"
+    assert describe_part(identity, "top", "orange") == "an orange top"
     for bottom, words in (("skirt", "a blue skirt"), ("trousers", "blue trousers"), ("shorts", "blue shorts")):
-        assert edit_words(dataclasses.replace(identity, bottom=bottom), "bottom", "blue") == words
+        assert describe_part(dataclasses.replace(identity, bottom=bottom), "bottom", "blue") == words
+    # In the identity's own colours, each part text is a phrase of its content text.
+    for identity_id in range(20):
+        identity = identity_from_id(identity_id)
+        text = describe(identity)
+        assert f"{identity.hair_colour} hair" == describe_part(identity, "hair") and describe_part(identity, "hair") in text
+        assert describe_part(identity, "shoes") in text
+        assert describe_part(identity, "bottom").split()[-2:] == [identity.bottom_colour, identity.bottom]
+    with pytest.raises(ValueError, match="no style text for part 'face'"):
+        describe_part(identity, "face")
 
 
 def test_edited_people_are_the_edit_tasks_edited_person(tiny_config):

@@ -221,6 +221,23 @@ def released_config() -> ml_collections.ConfigDict:
         num_workers=0,
     ))
 
+    # Contrastive pre-training of a small random CLIP (`model.clip` shapes, no path) on the
+    # synthetic people: python -m upgpt_jax.train.clip_pretrain --config ... --out DIR, then
+    # --config.model.clip.path=DIR. Not used by the released configs, whose CLIP is pretrained.
+    c.clip_pretrain = ml_collections.ConfigDict(dict(
+        num_examples=3_000,  # train-split people rendered for it (each gives an image and <= 4 crops)
+        num_test_examples=200,  # test-split people for the held-out retrieval accuracies
+        num_steps=300,
+        batch_size=128,  # (image, content text) pairs per step
+        crops_per_image=2,  # (crop, part text) pairs per step, per image pair
+        learning_rate=1e-3,
+        warmup_steps=50,
+        weight_decay=0.1,
+        temperature=0.07,  # CLIP's initial 1 / logit scale (learned)
+        text_length=32,  # tokens kept of the 77 (a text that does not fit is refused)
+        log_every=50,
+    ))
+
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # When the devices span several slices (TPU multislice): how many slices each mesh axis spans
     # (-1: the slices left over); `mesh` stays the whole mesh's shape (upgpt_jax.sharding.make_mesh).

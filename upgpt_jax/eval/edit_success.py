@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from upgpt_jax.data.synthetic.identity import Identity
+from upgpt_jax.data.synthetic.identity import Identity, describe_part
 from upgpt_jax.eval.synthetic import PART_PALETTES, TargetLayout, part_colour_accuracy
 
 EDITED_PARTS = ("top", "bottom")  # the garments an edit may recolour
@@ -48,15 +48,6 @@ class TextEdit:
         return f"{self.part}=text:{self.words}"
 
 
-def edit_words(identity: Identity, part: str, colour: str) -> str:
-    """The style text that asks for `part` of `identity` in `colour`, worded as the content text
-    names that garment: "a red top", "an orange skirt", "blue trousers"."""
-    garment = "top" if part == "top" else identity.bottom
-    if garment in ("trousers", "shorts"):
-        return f"{colour} {garment}"
-    return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {garment}"
-
-
 def choose_edit(identity: Identity, layout: TargetLayout, seed: int, index: int) -> TextEdit | None:
     """Pair `index`'s edit: one of the garments `layout` shows, and a colour of its palette that
     neither garment wears (the renderer never draws top and bottom in one colour, and a colour
@@ -70,7 +61,7 @@ def choose_edit(identity: Identity, layout: TargetLayout, seed: int, index: int)
     worn = {identity.top_colour, identity.bottom_colour}
     colours = [name for name in PART_PALETTES[part] if name not in worn]
     colour = colours[int(rng.integers(len(colours)))]
-    return TextEdit(part, colour, edit_words(identity, part, colour))
+    return TextEdit(part, colour, describe_part(identity, part, colour))
 
 
 def edited_people(context: Any, people: Sequence[Any], edits: Sequence[TextEdit | None]) -> list[Any]:

@@ -127,6 +127,24 @@ def describe(identity: Identity) -> str:
             f"{bottom} and {identity.shoes_colour} shoes")
 
 
+# The parts a style text can name (`describe_part`), with the identity's colour attribute of each.
+PART_COLOUR_FIELDS = {"hair": "hair_colour", "top": "top_colour", "bottom": "bottom_colour",
+                      "shoes": "shoes_colour"}
+
+
+def describe_part(identity: Identity, part: str, colour: str | None = None) -> str:
+    """The style text of one part, worded as the content text names it: "a red top", "an orange
+    skirt", "blue trousers", "blonde hair", "black shoes"; in the identity's own colour, or in
+    `colour` (an edit). The edit requests and the contrastive CLIP's (crop, text) pairs say it so."""
+    if part not in PART_COLOUR_FIELDS:
+        raise ValueError(f"no style text for part {part!r}; expected one of {sorted(PART_COLOUR_FIELDS)}")
+    colour = colour or getattr(identity, PART_COLOUR_FIELDS[part])
+    garment = {"top": "top", "bottom": identity.bottom}.get(part, part)
+    if garment in ("trousers", "shorts", "hair", "shoes"):
+        return f"{colour} {garment}"
+    return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {garment}"
+
+
 def describe_colour_free(identity: Identity) -> str:
     """The content text without colour words: figure, hair length, garments, patterns and sleeves.
 
