@@ -134,18 +134,9 @@ def test_person_weighted_loss_and_step(vae_config):
     assert relative_error(weighted_loss, (np.asarray(pixel_weights) * error).mean()) <= 1e-4
     assert relative_error(weighted["rec_l1"], plain["rec_l1"]) <= 1e-6
     assert abs(float(weighted_loss) - float(plain_loss)) > 1e-3 * float(plain_loss)
-    # The chroma term: each pixel's channels minus their mean, compared by weighted L1.
-    chroma_loss, chroma = jax.jit(lambda p, x, key: vae_loss(model, p, x, key, kl_weight=0.0, pixel_weights=pixel_weights,
-                                                             chroma_weight=2.0))(vae_params, images, rng)
-    chroma_error = np.abs((np.asarray(images, np.float64) - np.asarray(images, np.float64).mean(-1, keepdims=True))
-                          - (np.asarray(reconstruction, np.float64)
-                             - np.asarray(reconstruction, np.float64).mean(-1, keepdims=True)))
-    expected = (np.asarray(pixel_weights) * (error + 2.0 * chroma_error)).mean()
-    assert relative_error(chroma_loss, expected) <= 1e-4
-    assert relative_error(chroma["chroma_l1"], chroma_error.mean()) <= 1e-4
 
     config = vae_config.copy_and_resolve_references()
-    config.train.vae.update(person_weight=5.0, chroma_weight=2.0, lpips_weight=0.0)
+    config.train.vae.update(person_weight=5.0, lpips_weight=0.0)
     optimizer = make_optimizer(config.optim)
     mesh = make_mesh(config.mesh)
     _, shardings = abstract_state(model, config, optimizer, mesh)
@@ -156,4 +147,4 @@ def test_person_weighted_loss_and_step(vae_config):
     batch = {"image": images, "person_mask": latent_mask}
     step.lower(state, batch).compile()  # what distributed.compile_then_meet does in multi-process runs
     state, metrics = step(state, batch)
-    assert bool(metrics["finite"]) and int(state.step) == 1 and float(metrics["chroma_l1"]) > 0
+    assert bool(metrics["finite"]) and int(state.step) == 1

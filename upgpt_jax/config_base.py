@@ -175,9 +175,8 @@ def released_config() -> ml_collections.ConfigDict:
         # + lpips_weight * LPIPS, the last only when `lpips_path` names local LPIPS weights.
         # person_weight > 0 (not LDM's) weights the L1 on the person and its rim 1 + person_weight
         # times the background (upgpt_jax/train/vae_step.py): garment colours come sooner.
-        # chroma_weight > 0 (not LDM's) adds an L1 on each pixel's colour without its grey level.
         vae=ml_collections.ConfigDict(dict(kl_weight=1e-6, lpips_weight=1.0, lpips_path="", lpips_net="vgg",
-                                           person_weight=0.0, chroma_weight=0.0)),
+                                           person_weight=0.0)),
         # (START, COUNT), on the command line `--config.train.profile_steps=10,5`: a jax.profiler
         # trace of steps START..START+COUNT-1 in DIR/profile/ (TensorBoard / xprof). (): no trace.
         profile_steps=(),

@@ -114,6 +114,36 @@ def local_folder(destination: str | os.PathLike) -> Iterator[pathlib.Path]:
         upload_tree(folder, destination)
 
 
+@contextlib.contextmanager
+def local_copy(folder: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """`folder` for a reader that only reads local files: itself when local; else a temporary folder
+    holding every file under it (same relative names), deleted when the block ends. A URL folder
+    without files raises FileNotFoundError naming it."""
+    source = path(folder)
+    if isinstance(source, pathlib.Path):
+        yield source
+        return
+    files = list(_files_under(source)) if source.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"{source} holds no files (or does not exist)")
+    with tempfile.TemporaryDirectory(prefix="upgpt_download_") as local:
+        for item in files:
+            target = pathlib.Path(local, *item.relative_to(source).parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with item.open("rb") as reader, open(target, "wb") as writer:
+                shutil.copyfileobj(reader, writer, length=8 << 20)
+        yield pathlib.Path(local)
+
+
+def _files_under(folder: AnyPath) -> Iterator[AnyPath]:
+    """Every file below `folder`, by listing each level (epath's gs:// has no recursive glob)."""
+    for item in folder.iterdir():
+        if item.is_dir():
+            yield from _files_under(item)
+        else:
+            yield item
+
+
 def upload_tree(local: str | os.PathLike, destination: AnyPath) -> None:
     """Copy every file under the local folder `local` to the same relative name under `destination`."""
     for root, _, files in os.walk(local):

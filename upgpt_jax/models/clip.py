@@ -33,6 +33,7 @@ from PIL import Image
 from transformers import CLIPConfig
 from transformers.models.clip.modeling_flax_clip import FlaxCLIPTextTransformer, FlaxCLIPVisionTransformer
 
+from upgpt_jax import storage
 from upgpt_jax.weights.torch_params import check_flax_params, torch_to_flax_params
 from upgpt_jax.weights.weight_files import find_weight_file, read_state_dict
 
@@ -194,7 +195,8 @@ def random_clip(
 def load_clip(
     path: str | pathlib.Path, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32
 ) -> tuple[ClipEncoders, dict]:
-    """Encoders and params from a LOCAL Hugging Face CLIPModel folder (nothing is downloaded).
+    """Encoders and params from a Hugging Face CLIPModel folder: a local path, or an object-store URL
+    (gs://...) whose files are copied to a temporary folder first. Nothing comes from the Hub.
 
     Supported: a full CLIPModel folder (model_type "clip", e.g. a snapshot of
     openai/clip-vit-large-patch14) with config.json and one of WEIGHT_FILES (PyTorch weights are
@@ -203,6 +205,9 @@ def load_clip(
     model. Weights that do not fit config.json raise `weights.torch_params.WeightConversionError`,
     as every importer does.
     """
+    if storage.is_url(path):
+        with storage.local_copy(path) as folder:
+            return load_clip(folder, dtype, param_dtype)
     folder = pathlib.Path(path)
     expectation = (
         "expected a local Hugging Face CLIPModel folder (e.g. a snapshot of "

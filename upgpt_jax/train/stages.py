@@ -73,8 +73,7 @@ def vae_stage(config: ml_collections.ConfigDict, model: UPGPT, optimizer: optax.
     step = make_vae_train_step(model, config, optimizer, shardings, encoders.mesh, lpips)
     host_keys = ("image", "person_mask") if config.train.vae.get("person_weight", 0.0) else ("image",)
     return Stage(name="vae", step=step, host_keys=host_keys,
-                 metrics=(("rec_l1", "kl") + (("chroma_l1",) if config.train.vae.get("chroma_weight", 0.0) else ())
-                          + (("lpips",) if lpips is not None else ())),
+                 metrics=("rec_l1", "kl") + (("lpips",) if lpips is not None else ()),
                  flops_per_image=None, previews=False)
 
 

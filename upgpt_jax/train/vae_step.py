@@ -23,12 +23,10 @@ An option LDM lacks, `person_weight` w > 0: the L1 term becomes mean(p * |x - x_
 pixel weights p of upgpt_jax/train/loss_weights.py (1 + w on the person and its rim, mean 1). On
 synthetic_tiny (600 steps, 32 test targets) the reconstructions name the right garment colour for
 35% of parts at w = 0 and 74% at w = 12; the rim keeps the silhouette IoU (0.81 at w = 0, 0.815 at
-w = 12 with the rim, 0.71 without it).
-
-A second option LDM lacks, `chroma_weight` c > 0, adds c * mean(p * |chroma(x) - chroma(x_rec)|),
-chroma(x) = x minus its per-pixel channel mean: the colour of a pixel without its grey level. A
-short run's decoder desaturates first (600 steps: purple, pink and green garments come out grey,
-red and blue shoes brown and black), which the plain L1 charges no more than a wrong shade of grey.
+w = 12 with the rim, 0.71 without it). Tried and dropped (issue 17): an extra L1 on each pixel's
+chroma (the channels minus their mean, person-weighted), meant for the desaturation a short run
+shows (purple, pink and green garments grey; red and blue shoes brown and black): colour 0.58 at
+chroma weight 1 and 0.50 at 3 against 0.58 without; lr 4e-3: 0.48; batch 16 for 400 steps: 0.57.
 """
 from __future__ import annotations
 
@@ -59,13 +57,11 @@ def _sampled_reconstruction(module: UPGPT, images: jax.Array, rng: jax.Array) ->
 
 def vae_loss(model: UPGPT, vae_params: Any, images: jax.Array, rng: jax.Array, *, kl_weight: float,
              lpips_weight: float = 0.0, lpips_params: Any = None,
-             lpips_net: str = "vgg", pixel_weights: jax.Array | None = None,
-             chroma_weight: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+             lpips_net: str = "vgg", pixel_weights: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(loss, metrics) of the module doc for images (B, H, W, 3) in [-1, 1].
 
-    `pixel_weights` (B, H, W, 1), mean 1 (`person_pixel_weights`), weight the L1 term (and the
-    chroma term); the logged rec_l1 stays the plain mean, comparable between runs. A non-zero
-    `chroma_weight` adds the chroma term of the module doc (logged as chroma_l1, unweighted).
+    `pixel_weights` (B, H, W, 1), mean 1 (`person_pixel_weights`), weight the L1 term; the logged
+    rec_l1 stays the plain mean, comparable between runs.
 
     The reconstruction decodes z = mean + std * eps with eps = normal(rng, mean.shape) (as LDM,
     which trains on posterior samples). The LPIPS term (lpips_net on [-1, 1] inputs, as LDM) is
@@ -79,28 +75,16 @@ def vae_loss(model: UPGPT, vae_params: Any, images: jax.Array, rng: jax.Array, *
     elements_per_example = math.prod(images.shape[1:])
     absolute_error = jnp.abs(images - reconstruction)
     rec_l1 = jnp.mean(absolute_error)
-
-    def weighted(error: jax.Array) -> jax.Array:
-        return jnp.mean(error if pixel_weights is None else pixel_weights * error)
-
+    weighted_l1 = rec_l1 if pixel_weights is None else jnp.mean(pixel_weights * absolute_error)
     kl = jnp.mean(posterior.kl())
-    loss = weighted(absolute_error) + kl_weight * kl / elements_per_example
+    loss = weighted_l1 + kl_weight * kl / elements_per_example
     metrics = {"rec_l1": rec_l1, "kl": kl}
-    if chroma_weight:
-        chroma_error = jnp.abs(_chroma(images) - _chroma(reconstruction))
-        loss = loss + chroma_weight * weighted(chroma_error)
-        metrics["chroma_l1"] = jnp.mean(chroma_error)
     if lpips_params is not None and lpips_weight:
         perceptual = jnp.mean(lpips_distance(lpips_params, images, reconstruction, net=lpips_net))
         loss = loss + lpips_weight * perceptual
         metrics["lpips"] = perceptual
     metrics["loss"] = loss
     return loss, metrics
-
-
-def _chroma(images: jax.Array) -> jax.Array:
-    """Each pixel's colour without its grey level: the channels minus their mean."""
-    return images - jnp.mean(images, axis=-1, keepdims=True)
 
 
 def lpips_for_config(vae_settings: ml_collections.ConfigDict) -> tuple[LPIPS, Any] | None:
@@ -133,7 +117,6 @@ def make_vae_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimiz
     max_update_ratio = float(config.train.get("max_update_ratio", MAX_UPDATE_RATIO))
     grad_accum_steps = int(config.train.grad_accum_steps)
     person_weight = float(settings.get("person_weight", 0.0))  # absent in configs saved before it existed
-    chroma_weight = float(settings.get("chroma_weight", 0.0))  # likewise
 
     def step(state: TrainState, images: jax.Array, person_mask: jax.Array | None,
              lpips_params: Any) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -144,7 +127,7 @@ def make_vae_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimiz
         def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
             return vae_loss(model, params["vae"], images, sample_rng, kl_weight=kl_weight,
                             lpips_weight=lpips_weight, lpips_params=lpips_params, lpips_net=lpips_net,
-                            pixel_weights=pixel_weights, chroma_weight=chroma_weight)
+                            pixel_weights=pixel_weights)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         new_state, finite, grad_norm = apply_gradients(state, grads, loss, rng, optimizer, ema_decay,
