@@ -22,6 +22,7 @@ from ml_collections import config_flags
 from upgpt_jax.cli_errors import fail, one_line_errors, parse_flags
 from upgpt_jax.compilation_cache import enable_compilation_cache
 from upgpt_jax.distributed import EXPLICIT_FLAGS, initialize, is_main_process
+from upgpt_jax.tpu_flags import apply_libtpu_flags, config_libtpu_flags
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl.")
@@ -52,6 +53,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
         logging.set_verbosity(logging.WARNING)
+    apply_libtpu_flags(config_libtpu_flags(flags.FLAGS.config))  # a pod config's; before libtpu starts
     join_processes()
     enable_compilation_cache()
     from upgpt_jax.train.checkpointing import CheckpointRestoreError, CheckpointSaveError

@@ -278,5 +278,10 @@ def pod_config(topology: str, chips: int, per_chip_batch: int, fsdp: int = 1, re
     c.model.unet.attention_implementation = "flash"
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=fsdp, tensor=1))
     c.train.batch_size = per_chip_batch * chips
-    c.pod = ml_collections.ConfigDict(dict(topology=topology, chips=chips, per_chip_batch=per_chip_batch))
+    # libtpu_flags: compiler flags for LIBTPU_INIT_ARGS, set by train.py and the AOT command before libtpu
+    # starts (upgpt_jax/tpu_flags.py). None by default: tpu_flags.ASYNC_COLLECTIVE_FLAGS (MaxText's) made
+    # the v6e plan's weight all-gathers asynchronous but raised its HBM traffic 30.9 -> 34.3 GB per chip
+    # (benchmarks/RESULTS.md), a loss on the roofline, which cannot see the overlap it buys.
+    c.pod = ml_collections.ConfigDict(dict(topology=topology, chips=chips, per_chip_batch=per_chip_batch,
+                                           libtpu_flags=()))
     return c

@@ -23,6 +23,8 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
+from upgpt_jax.tpu_flags import apply_libtpu_flags, config_libtpu_flags
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Model config file (configs/*.py).")
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology (v5e:16x16, v5p:4x4x4, v4:4x4x4, v6e:16x16) or "
                                  "'local'; default: the config's pod.topology (configs/pods/*).")
@@ -108,6 +110,7 @@ def main(argv: list[str]) -> None:
     per_chip_batch = _PER_CHIP_BATCH.value or pod.get("per_chip_batch", 16)
     if not topology:
         raise app.UsageError("--topology is required (the config has no pod.topology)")
+    libtpu_flags = apply_libtpu_flags(config_libtpu_flags(config))  # before libtpu starts: it reads them once
     if topology != "local":
         # Compile-only TPU devices need libtpu, not the TPU backend: stay on the CPU backend so that
         # a host without TPUs does not try to open one.
@@ -119,6 +122,7 @@ def main(argv: list[str]) -> None:
     except ValueError as error:  # bad topology, batch or mesh: one line, no traceback
         sys.exit(f"error: {error}")
     result["config"] = config_flags.get_config_filename(flags.FLAGS["config"])
+    result["libtpu_flags"] = libtpu_flags
     print(HEADER)
     print("|" + "---|" * (HEADER.count("|") - 1))
     print(table_row(result))
