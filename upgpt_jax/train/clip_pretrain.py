@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import serialization
+from PIL import Image
 
 from upgpt_jax import storage
 from upgpt_jax.cli_errors import BadInput
@@ -74,8 +75,6 @@ class ContrastivePairs:
 def square_on_background(image: np.ndarray, background: Sequence[int], size: int) -> np.ndarray:
     """`image` (H, W, 3) uint8 centred on a square of its background colour, resized to `size`: the
     whole person, where CLIP's centre crop of the short side would cut off head and feet."""
-    from PIL import Image
-
     height, width = image.shape[:2]
     side = max(height, width)
     canvas = np.empty((side, side, 3), np.uint8)
