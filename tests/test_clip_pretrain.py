@@ -11,7 +11,7 @@ from configs.synthetic_tiny import get_config
 from upgpt_jax.cli_errors import BadInput
 from upgpt_jax.data.synthetic import identity_from_id, make_example
 from upgpt_jax.data.synthetic.identity import describe_part
-from upgpt_jax.models.clip import load_clip, random_clip
+from upgpt_jax.models.clip import clip_from_config, load_clip
 from upgpt_jax.tokenizer import load_clip_tokenizer, tokenize
 from upgpt_jax.train.clip_pretrain import (REPORT_FILE, ContrastivePairs, cut_text_ids, multi_positive_clip_loss,
                                            pretrain_clip, retrieval_accuracy, square_on_background)
@@ -97,8 +97,7 @@ def test_a_short_run_learns_and_writes_a_folder_load_clip_reads(tmp_path):
     ids = tokenize(load_clip_tokenizer(), list(test.part_texts))[:, :32]
     accuracy = retrieval_accuracy(clip, params, test.crops, test.crop_labels, ids)
     assert accuracy == pytest.approx(report["test_crop_to_part_text"])
-    shapes = {key: value for key, value in config.model.clip.to_dict().items() if key != "path"}
-    random_encoders, random_params = random_clip(shapes, seed=config.seed)
+    random_encoders, random_params = clip_from_config(config.model.clip, seed=config.seed)
     assert accuracy > retrieval_accuracy(random_encoders, random_params, test.crops, test.crop_labels, ids)
 
 

@@ -292,12 +292,11 @@ def test_append_file_on_a_bucket_uploads_whole_objects(gcs):
 
 def test_clip_folder_written_to_and_read_from_a_bucket(gcs, tiny_config):
     """clip_pretrain's folder writer and load_clip take gs:// (the main job's CLIP, kept in a bucket)."""
-    from upgpt_jax.models.clip import load_clip, random_clip
+    from upgpt_jax.models.clip import clip_from_config, load_clip
     from upgpt_jax.train.clip_pretrain import REPORT_FILE, write_clip_folder
 
-    shapes = {key: value for key, value in tiny_config.model.clip.to_dict().items() if key != "path"}
-    _, params = random_clip(shapes, seed=3)
-    write_clip_folder(f"{BUCKET}/clip", shapes, params, np.float32(2.5), {"steps": 0})
+    clip, params = clip_from_config(tiny_config.model.clip, seed=3)
+    write_clip_folder(f"{BUCKET}/clip", clip.config, params, np.float32(2.5), {"steps": 0})
     assert json.loads(storage.path(f"{BUCKET}/clip/{REPORT_FILE}").read_text()) == {"steps": 0}
     _, loaded = load_clip(f"{BUCKET}/clip")
     assert_trees_equal(loaded, params)

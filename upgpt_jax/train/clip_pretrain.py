@@ -37,18 +37,20 @@ import numpy as np
 import optax
 from flax import serialization
 from PIL import Image
+from transformers import CLIPConfig
 
 from upgpt_jax import storage
 from upgpt_jax.cli_errors import BadInput
-from upgpt_jax.data.synthetic import PARTS, generate, identity_from_id
+from upgpt_jax.data.synthetic import generate, identity_from_id
 from upgpt_jax.data.synthetic.identity import PART_COLOUR_FIELDS, describe_part
+from upgpt_jax.data.synthetic.mannequin import PART_INDEX
 from upgpt_jax.data.transforms import styles_to_clip
-from upgpt_jax.models.clip import ClipEncoders, clip_config, encode_style_images, encode_style_texts, random_clip
+from upgpt_jax.models.clip import ClipEncoders, clip_from_config, encode_style_images, encode_style_texts
 from upgpt_jax.tokenizer import load_clip_tokenizer, tokenize
 
-PAIR_KINDS = ("part", "image")  # (crop, part text) and (image, content text)
 TEXT_PARTS = tuple(PART_COLOUR_FIELDS)  # the parts with a style text of their own
 REPORT_FILE = "pretrain.json"
+CROP_KEYS = ("crops", "crop_labels", "part_text_ids")  # a step's arrays indexed by crop (the rest: by image)
 
 
 class ContrastivePairs:
@@ -60,9 +62,8 @@ class ContrastivePairs:
         for example in generate(num_examples, split, image_size=image_size, style_size=clip_size, seed=seed):
             identity = identity_from_id(int(example["identity"]), seed)
             for part in TEXT_PARTS:
-                index = PARTS.index(part)
-                if example["style_present"][index]:
-                    crops.append(example["styles"][index])
+                if example["style_present"][PART_INDEX[part]]:
+                    crops.append(example["styles"][PART_INDEX[part]])
                     part_texts.append(describe_part(identity, part))
             images.append(square_on_background(example["image"], identity.background, clip_size))
             texts.append(str(example["text"]))
@@ -109,7 +110,9 @@ def text_features(clip: ClipEncoders, params: Any, ids: jax.Array) -> jax.Array:
 
 
 def make_step(clip: ClipEncoders, optimizer: optax.GradientTransformation):
-    """jitted (state, opt_state, batch) -> (state, opt_state, losses); `state` is (params, log scale)."""
+    """jitted (state, opt_state, pairs, crop_rows, image_rows) -> (state, opt_state, losses): one step on
+    the rows `crop_rows` / `image_rows` of `pairs` (the training arrays, placed on the device once);
+    `state` is (params, log scale)."""
 
     def losses(state: tuple[Any, jax.Array], batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
         params, log_scale = state
@@ -123,7 +126,8 @@ def make_step(clip: ClipEncoders, optimizer: optax.GradientTransformation):
         return part + image, {"part": part, "image": image}
 
     @jax.jit
-    def step(state, opt_state, batch):
+    def step(state, opt_state, pairs, crop_rows, image_rows):
+        batch = {key: value[crop_rows if key in CROP_KEYS else image_rows] for key, value in pairs.items()}
         (loss, parts), grads = jax.value_and_grad(losses, has_aux=True)(state, batch)
         updates, opt_state = optimizer.update(grads, opt_state, state)
         return optax.apply_updates(state, updates), opt_state, {"loss": loss, **parts}
@@ -146,7 +150,6 @@ def pretrain_clip(config: ml_collections.ConfigDict, out: str) -> dict[str, Any]
     """Train `config.model.clip`'s shapes from `config.seed`'s random weights on `config.clip_pretrain`
     and write the CLIPModel folder `out` (local or gs://); returns the report written beside it."""
     settings, model = config.clip_pretrain, config.model
-    shapes = {key: value for key, value in model.clip.to_dict().items() if key != "path"}
     if model.clip.get("path"):
         raise BadInput(f"model.clip.path is {model.clip.path!r}: clip_pretrain trains the random CLIP of "
                          "model.clip's shapes; leave the path empty")
@@ -163,11 +166,15 @@ def pretrain_clip(config: ml_collections.ConfigDict, out: str) -> dict[str, Any]
     train = ContrastivePairs("train", settings.num_examples, tuple(model.image_size), model.clip.image_size, config.seed)
     test = ContrastivePairs("test", settings.num_test_examples, tuple(model.image_size), model.clip.image_size,
                             config.seed)
-    train_ids = {"part": ids(train.part_texts), "image": ids(train.texts)}
+    part_text_ids, text_ids = ids(train.part_texts), ids(train.texts)
+    pairs = jax.device_put({
+        "crops": train.crops, "crop_labels": train.crop_labels, "part_text_ids": part_text_ids[train.crop_labels],
+        "images": train.images, "image_labels": train.image_labels, "text_ids": text_ids[train.image_labels],
+    })
     print(f"clip_pretrain: {len(train.crops)} crop pairs ({len(train.part_texts)} part texts) and "
           f"{len(train.images)} image pairs rendered in {time.perf_counter() - started:.1f} s", flush=True)
 
-    clip, params = random_clip(shapes, seed=config.seed)
+    clip, params = clip_from_config(model.clip, seed=config.seed)  # random: the path is empty
     schedule = optax.warmup_cosine_decay_schedule(0.0, settings.learning_rate, settings.warmup_steps,
                                                   settings.num_steps, settings.learning_rate * 0.1)
     optimizer = optax.adamw(schedule, weight_decay=settings.weight_decay)
@@ -177,15 +184,9 @@ def pretrain_clip(config: ml_collections.ConfigDict, out: str) -> dict[str, Any]
     rng = np.random.default_rng([config.seed, 7])
     curve = []
     for index in range(settings.num_steps):
-        crops = rng.integers(len(train.crops), size=settings.batch_size * settings.crops_per_image)
-        images = rng.integers(len(train.images), size=settings.batch_size)
-        batch = {
-            "crops": train.crops[crops], "crop_labels": train.crop_labels[crops],
-            "part_text_ids": train_ids["part"][train.crop_labels[crops]],
-            "images": train.images[images], "image_labels": train.image_labels[images],
-            "text_ids": train_ids["image"][train.image_labels[images]],
-        }
-        state, opt_state, losses = step(state, opt_state, batch)
+        crop_rows = rng.integers(len(train.crops), size=settings.batch_size * settings.crops_per_image)
+        image_rows = rng.integers(len(train.images), size=settings.batch_size)
+        state, opt_state, losses = step(state, opt_state, pairs, crop_rows, image_rows)
         if (index + 1) % settings.log_every == 0 or index + 1 == settings.num_steps:
             curve.append({"step": index + 1, **{key: round(float(value), 4) for key, value in losses.items()}})
             print(f"clip_pretrain: step {index + 1}/{settings.num_steps} " +
@@ -200,7 +201,7 @@ def pretrain_clip(config: ml_collections.ConfigDict, out: str) -> dict[str, Any]
         "test_image_to_text": retrieval_accuracy(clip, params, test.images, test.image_labels, ids(test.texts)),
         "test_part_texts": len(test.part_texts), "test_texts": len(test.texts),
     }
-    write_clip_folder(out, shapes, params, log_scale, report)
+    write_clip_folder(out, clip.config, params, log_scale, report)
     print(f"clip_pretrain: test crops -> their part text {report['test_crop_to_part_text']:.3f} (of "
           f"{len(test.part_texts)}), images -> their text {report['test_image_to_text']:.3f} (of {len(test.texts)}); "
           f"{report['seconds']} s; wrote {out}", flush=True)
@@ -215,11 +216,11 @@ def cut_text_ids(ids: np.ndarray, length: int) -> np.ndarray:
     return ids[:, :length]
 
 
-def write_clip_folder(out: str, shapes: dict[str, Any], params: Any, log_scale: Any, report: dict[str, Any]) -> None:
+def write_clip_folder(out: str, clip_config: CLIPConfig, params: Any, log_scale: Any, report: dict[str, Any]) -> None:
     """A CLIPModel folder at `out`: config.json, flax_model.msgpack (with `logit_scale`), the report."""
     folder = storage.path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(clip_config(**shapes).to_json_string())
+    (folder / "config.json").write_text(clip_config.to_json_string())
     weights = {**jax.tree.map(np.asarray, params), "logit_scale": np.asarray(log_scale, np.float32)}
     (folder / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize(weights))
     (folder / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
