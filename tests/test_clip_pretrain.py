@@ -9,7 +9,7 @@ from scipy.special import log_softmax
 
 from configs.synthetic_tiny import get_config
 from upgpt_jax.cli_errors import BadInput
-from upgpt_jax.data.synthetic import identity_from_id, make_example
+from upgpt_jax.data.synthetic import PARTS, identity_from_id, make_example
 from upgpt_jax.data.synthetic.identity import describe_part
 from upgpt_jax.models.clip import clip_from_config, load_clip
 from upgpt_jax.tokenizer import load_clip_tokenizer, tokenize
@@ -54,8 +54,7 @@ def test_pairs_hold_each_present_part_with_its_text():
     for index in range(3):
         example = make_example(index, "train")
         identity = identity_from_id(int(example["identity"]))
-        present = dict(zip(("face", "hair", "headwear", "background", "top", "outer", "bottom", "shoes",
-                            "accessories"), example["style_present"]))
+        present = dict(zip(PARTS, example["style_present"]))
         expected += [describe_part(identity, part) for part in ("hair", "top", "bottom", "shoes") if present[part]]
         assert pairs.texts[pairs.image_labels[index]] == example["text"]
     assert texts == expected
