@@ -48,7 +48,7 @@ def test_edit_scores_by_hand(posed):
     identity, layout = posed
     before = {part: layout.requested[part] for part in SCORED_PARTS}
     new_top = other_colour("top", identity.top_colour, identity.bottom_colour)
-    edit = TextEdit("top", new_top, describe_part(identity, "top", new_top))
+    edit = TextEdit("top", new_top, describe_part(identity, "top", new_top), "unused here")
     cases = {  # edited image -> (part_hit, others_kept, success)
         "recoloured": ({**before, "top": new_top}, (1.0, 1.0, 1.0)),
         "unchanged": (before, (0.0, 1.0, 0.0)),
@@ -71,7 +71,7 @@ def test_others_kept_compares_with_the_unedited_sample_not_the_request(posed):
     identity, layout = posed
     wrong_hair = other_colour("hair", layout.requested["hair"])
     before = {**{part: layout.requested[part] for part in SCORED_PARTS}, "hair": wrong_hair}
-    edit = TextEdit("bottom", other_colour("bottom", identity.top_colour, identity.bottom_colour), "words")
+    edit = TextEdit("bottom", other_colour("bottom", identity.top_colour, identity.bottom_colour), "words", "text")
     scores = edit_scores(painted(layout, {**before, "bottom": edit.colour})[None], painted(layout, before)[None],
                          [layout], [edit])
     assert scores["edit_success"][0] == 1.0
@@ -86,9 +86,27 @@ def test_choose_edit_is_seeded_and_asks_for_a_colour_no_garment_wears(posed):
     for edit in edits:
         assert edit.colour in PART_PALETTES[edit.part]
         assert edit.colour not in (identity.top_colour, identity.bottom_colour)
-        assert edit.assignment == f"{edit.part}=text:{edit.words}" and edit.colour in edit.words
+        assert edit.assignments == [f"{edit.part}=text:{edit.words}", f"content={edit.content}"]
+        assert edit.colour in edit.words
     hidden = type(layout)(layout.mask, {"hair": layout.part_pixels["hair"]}, layout.requested)
     assert choose_edit(identity, hidden, 0, 0) is None
+
+
+def test_the_edits_content_text_says_the_new_colour_where_the_old_one_was(posed):
+    """The content text changes in one word, the edited garment's colour (and its article: "a pink
+    top" -> "an orange top"); under the colour-free protocol it names no colour and stays the
+    person's own."""
+    identity, layout = posed
+    for index in range(30):
+        edit = choose_edit(identity, layout, seed=0, index=index)
+        old_colour = getattr(identity, f"{edit.part}_colour")
+        before, after = describe(identity).split(), edit.content.split()
+        changed = [(was, now) for was, now in zip(before, after, strict=True)
+                   if was != now and {was, now} != {"a", "an"}]
+        assert changed == [(old_colour, edit.colour)], (describe(identity), edit.content)
+        free = choose_edit(identity, layout, seed=0, index=index, content_text=describe_colour_free)
+        assert free.content == describe_colour_free(identity)
+        assert (free.part, free.colour, free.words) == (edit.part, edit.colour, edit.words)
 
 
 def test_part_texts_name_the_garment_as_the_content_text_does():
@@ -109,20 +127,22 @@ def test_part_texts_name_the_garment_as_the_content_text_does():
 
 
 def test_edited_people_are_the_edit_tasks_edited_person(tiny_config):
-    """The style text goes in the part's slot (its crop leaves), the content text is the one given."""
+    """The style text goes in the part's slot (its crop leaves), the content text is the edit's."""
     from upgpt_jax.sampling import TaskContext
     from upgpt_jax.sampling.sources import DatasetExamples
 
     examples = DatasetExamples(tiny_config, "test")
     people = [examples.person(index) for index in range(2)]
     people[1].text = "a person in a top"
-    edits = [TextEdit("top", "red", "a red top"), TextEdit("bottom", "blue", "blue trousers")]
+    edits = [TextEdit("top", "red", "a red top", "a woman in a red top"),
+             TextEdit("bottom", "blue", "blue trousers", "a person in a top")]
     planned = edited_people(TaskContext(tiny_config, examples=examples), people, edits)
     for person, edit, edited in zip(people, edits, planned):
-        assert edited.style_texts == {edit.part: edit.words} and edited.text == person.text
+        assert edited.style_texts == {edit.part: edit.words} and edited.text == edit.content
         assert set(edited.style_images) == set(person.style_images) - {edit.part}
         np.testing.assert_array_equal(edited.mask, person.mask)
-        assert edited.origin["edits"] == [edit.assignment]
+        np.testing.assert_array_equal(edited.smpl, person.smpl)
+        assert edited.origin["edits"] == edit.assignments
     assert edited_people(TaskContext(tiny_config, examples=examples), people[:1], [None]) == people[:1]
 
 

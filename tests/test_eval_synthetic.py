@@ -139,11 +139,11 @@ def test_edit_success_samples_the_edit_tasks_person_with_the_pose_transfer_seed(
         index = int(label.split()[1])
         assignment = result.details["edits"][index]
         edit = choose_edit(identity_from_id(int(examples.record(index)["identity"])), layouts[index], 0, index)
-        assert assignment == (edit.assignment if edit else None)
+        assert assignment == (edit.assignments if edit else None)
         if edit is None:
             continue
         job = sampling.plan(sampling.TaskContext(loaded.config), {"task": "edit", "example": index,
-                                                                  "edits": [assignment], "seed": index})
+                                                                  "edits": assignment, "seed": index})
         expected = sampling.Sampler(loaded, settings)(job.people[1:], job.seeds[1:])
         assert np.abs(images[-1].astype(int) - expected[0]).max() <= 1
         unedited = images[3]  # the pose_transfer sample
@@ -177,6 +177,8 @@ def test_colour_free_protocol_samples_with_texts_that_name_no_colours(checkpoint
     assert np.abs(images[3].astype(int) - expected[0]).max() <= 1  # the pose_transfer sample
     assert colour_free.per_example["pose_transfer/ssim"][0] == pytest.approx(
         float(pose_transfer_scores(images[3][None], images[1][None])["ssim"][0]), abs=1e-6)
+    edit = colour_free.details["edits"][0]  # its content text names no colour, so the style text edits alone
+    assert edit is None or (edit[0].startswith(("top=text:", "bottom=text:")) and edit[1] == f"content={text}")
 
 
 def test_autoencoder_ceiling_scores_the_vae_reconstructions_of_the_targets(result, checkpointed_run):

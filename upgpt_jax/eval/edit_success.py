@@ -2,11 +2,15 @@
 
 The synthetic protocol (upgpt_jax/eval/protocols/synthetic.py) draws one edit per test pair
 (:func:`choose_edit`, fixed by the eval seed and the pair's index): a garment the target pose
-shows (top or bottom) and a new colour from that part's palette. The edit is made as the `edit`
-task makes a text edit on this data (configs/demo_requests.jsonl: "top=text:a red top"): the
-sampling package's planner (sampling.tasks.plan) puts the words' CLIP text features in that part's
-style slot and leaves the content text as it is (the original app's mix_style). The edited person
-is sampled with the seed of the unedited `pose_transfer` sample, so the two differ by the edit only.
+shows (top or bottom) and a new colour from that part's palette. The edit is a text edit as the
+original app makes one, which has two text boxes: the part's style text ("a green top", whose CLIP
+text features the planner puts in that part's style slot: the original's mix_style) and the
+content text, rewritten to say the new colour where it named the old one (the `edit` task's
+"content=words"; configs/demo_requests.jsonl). A style text alone against a content text that
+still names the old colour contradicts it, and the model follows the content text (measured in
+README, "What the tiny runs learn"). Under the colour-free protocol the content text names no
+colour, so its edit is the style text's alone. The edited person is sampled with the seed of the
+unedited `pose_transfer` sample, so the two differ by the edit only.
 
 Scores per pair (nan where the target pose shows neither garment, so no edit was made):
 
@@ -22,12 +26,12 @@ Scores per pair (nan where the target pose shows neither garment, so no edit was
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from upgpt_jax.data.synthetic.identity import Identity, describe_part
+from upgpt_jax.data.synthetic.identity import PART_COLOUR_FIELDS, Identity, describe, describe_part
 from upgpt_jax.eval.synthetic import PART_PALETTES, TargetLayout, part_colour_accuracy
 
 EDITED_PARTS = ("top", "bottom")  # the garments an edit may recolour
@@ -36,23 +40,28 @@ EDIT_STREAM = 5  # keeps the edits' random draws apart from other uses of the ev
 
 @dataclasses.dataclass(frozen=True)
 class TextEdit:
-    """Recolour `part` to the palette colour `colour` by the style text `words`."""
+    """Recolour `part` to the palette colour `colour` by the style text `words`, with `content` the
+    edited person's content text."""
 
     part: str
     colour: str
     words: str
+    content: str
 
     @property
-    def assignment(self) -> str:
+    def assignments(self) -> list[str]:
         """The edit as the `edit` task's `edits` list (and sample.py --edit) spell it."""
-        return f"{self.part}=text:{self.words}"
+        return [f"{self.part}=text:{self.words}", f"content={self.content}"]
 
 
-def choose_edit(identity: Identity, layout: TargetLayout, seed: int, index: int) -> TextEdit | None:
+def choose_edit(identity: Identity, layout: TargetLayout, seed: int, index: int,
+                content_text: Callable[[Identity], str] = describe) -> TextEdit | None:
     """Pair `index`'s edit: one of the garments `layout` shows, and a colour of its palette that
     neither garment wears (the renderer never draws top and bottom in one colour, and a colour
-    the other garment shows could be copied from its style crop rather than read from the edit).
-    None when the pose shows neither garment."""
+    the other garment shows could be copied from its style crop rather than read from the edit);
+    its content text is `content_text` (the protocol's: data.synthetic.describe or
+    describe_colour_free) of the identity wearing the new colour. None when the pose shows neither
+    garment."""
     shown = [part for part in EDITED_PARTS if part in layout.part_pixels]
     if not shown:
         return None
@@ -61,13 +70,14 @@ def choose_edit(identity: Identity, layout: TargetLayout, seed: int, index: int)
     worn = {identity.top_colour, identity.bottom_colour}
     colours = [name for name in PART_PALETTES[part] if name not in worn]
     colour = colours[int(rng.integers(len(colours)))]
-    return TextEdit(part, colour, describe_part(identity, part, colour))
+    recoloured = dataclasses.replace(identity, **{PART_COLOUR_FIELDS[part]: colour})
+    return TextEdit(part, colour, describe_part(identity, part, colour), content_text(recoloured))
 
 
 def edited_people(context: Any, people: Sequence[Any], edits: Sequence[TextEdit | None]) -> list[Any]:
     """Each test pair's edited person, planned by the `edit` task (sampling.tasks.plan) on
-    `context` (a TaskContext whose examples are the pairs) with the pair's own content text
-    (`people[i].text`: the stored one, or the colour-free one); the unedited person where
+    `context` (a TaskContext whose examples are the pairs) from the pair's own person
+    (`people[i]`), with the edit's style text and content text; the unedited person where
     `edits[i]` is None."""
     from upgpt_jax.sampling.tasks import plan
 
@@ -76,19 +86,19 @@ def edited_people(context: Any, people: Sequence[Any], edits: Sequence[TextEdit 
         if edit is None:
             planned.append(person)
             continue
-        request = {"task": "edit", "example": index, "text": person.text, "edits": [edit.assignment]}
+        request = {"task": "edit", "example": index, "text": person.text, "edits": edit.assignments}
         planned.append(plan(context, request).people[1])  # people: [unedited, edited]
     return planned
 
 
 def sample_edits(sampler: Any, context: Any, people: Sequence[Any], identities: Sequence[Identity],
-                 layouts: Sequence[TargetLayout], unedited: np.ndarray, seeds: Sequence[int],
-                 seed: int) -> tuple[np.ndarray, list[TextEdit | None]]:
-    """(edited images (N, H, W, 3), the edits): pair i's edit (:func:`choose_edit` of its identity
-    and target layout) planned by :func:`edited_people` and drawn by `sampler` (a sampling.Sampler)
-    from `seeds[i]`, the seed of its `unedited` sample; where no edit was made the image is the
-    unedited one."""
-    edits = [choose_edit(identity, layout, seed, index)
+                 layouts: Sequence[TargetLayout], unedited: np.ndarray, seeds: Sequence[int], seed: int,
+                 content_text: Callable[[Identity], str] = describe) -> tuple[np.ndarray, list[TextEdit | None]]:
+    """(edited images (N, H, W, 3), the edits): pair i's edit (:func:`choose_edit` of its identity,
+    target layout and the protocol's `content_text`) planned by :func:`edited_people` and drawn by
+    `sampler` (a sampling.Sampler) from `seeds[i]`, the seed of its `unedited` sample; where no
+    edit was made the image is the unedited one."""
+    edits = [choose_edit(identity, layout, seed, index, content_text)
              for index, (identity, layout) in enumerate(zip(identities, layouts, strict=True))]
     planned = edited_people(context, people, edits)
     chosen = [index for index, edit in enumerate(edits) if edit is not None]

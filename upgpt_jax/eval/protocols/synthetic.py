@@ -25,7 +25,7 @@ way: the ceiling of every sample metric, since a sample is a decoded latent too;
 near its ceiling is limited by the VAE, not by the diffusion model. `interpolation` samples a few
 pairs' source-to-target pose sweeps with one seed and scores identity consistency across the
 frames. `edit_success` (with `edit/part_hit`, `edit/others_kept`) recolours one garment of each
-pair by a text edit, as the `edit` task does, sampled with the pose_transfer seed: does the part
+pair by a text edit (style text and content text), as the `edit` task does, sampled with the pose_transfer seed: does the part
 take the requested colour while the other parts keep theirs (upgpt_jax/eval/edit_success.py)?
 The worst cases (lowest pose-transfer SSIM) go to worst.png, the reconstruction beside the
 ground truth, the edited sample last.
@@ -39,7 +39,7 @@ data.colour_free_text_fraction > 0 has seen such texts.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -117,7 +117,8 @@ def _evaluate(options: EvalOptions, protocol: str, colour_free: bool) -> EvalRes
 
     identities = [_identity(examples.record(index)) for index in range(count)]
     edited, edits = sample_edits(samplers["pose_transfer"], TaskContext(config, examples=examples), people,
-                                 identities, targets.layouts, samples["pose_transfer"], seeds, options.seed)
+                                 identities, targets.layouts, samples["pose_transfer"], seeds, options.seed,
+                                 targets.content_text)
     with phase("score edit (part hit, others kept)"):
         for name, values in edit_scores(edited, samples["pose_transfer"], targets.layouts, edits).items():
             per_example[name] = [float(value) for value in values]
@@ -137,7 +138,7 @@ def _evaluate(options: EvalOptions, protocol: str, colour_free: bool) -> EvalRes
     details = {
         "num_examples": count, "split": "test", "seeds": [seeds[0], seeds[-1]],
         "texts": "colour-free (data.synthetic.describe_colour_free)" if colour_free else "the dataset's",
-        "edits": [edit.assignment if edit else None for edit in edits],
+        "edits": [edit.assignments if edit else None for edit in edits],
         "columns of worst.png": columns,
         "variants": {variant: {"dropped": list(dropped), "person_mask": f"{mask} pose"}
                      for variant, (dropped, mask) in variants.items()},
@@ -163,6 +164,7 @@ class _Targets:
     truth: np.ndarray  # uint8 (N, H, W, 3) target images
     layouts: list[TargetLayout]
     masks: np.ndarray  # the targets' person masks
+    content_text: Callable[[Any], str]  # an Identity's content text: describe, or describe_colour_free
 
     @classmethod
     def of(cls, config: Any, num_examples: int | None, protocol: str = "synthetic",
@@ -170,7 +172,7 @@ class _Targets:
         if config.data.dataset != "synthetic_people":
             raise ProtocolError(f"--protocol={protocol} needs a model trained on synthetic_people; this run's "
                                 f"dataset is {config.data.dataset!r}")
-        from upgpt_jax.data.synthetic import describe_colour_free
+        from upgpt_jax.data.synthetic import describe, describe_colour_free
         from upgpt_jax.sampling.sources import DatasetExamples
 
         examples = DatasetExamples(config, "test")
@@ -182,7 +184,8 @@ class _Targets:
         return cls(examples=examples, people=people,
                    truth=np.stack([examples.image(index) for index in range(count)]),
                    layouts=[_layout(examples.record(index), tuple(config.model.image_size)) for index in range(count)],
-                   masks=np.stack([person.mask for person in people]))
+                   masks=np.stack([person.mask for person in people]),
+                   content_text=describe_colour_free if colour_free else describe)
 
 
 def _is_vae_stage_run(options: EvalOptions) -> bool:
