@@ -7,6 +7,7 @@
   python sample.py --workdir DIR --task interpolate --start_smpl a.p --end_smpl b.p --frames 16 --out OUT
   python sample.py --workdir DIR --requests jobs.jsonl --out OUT        # one JSON request per line
   python sample.py --params weights/upgpt_256 --config configs/upgpt_256.py --task ... --out OUT
+  python sample.py --params DIR --requests configs/demo_requests.jsonl --out OUT   # a run's release
 
 With no condition flags, each task takes its conditions from the test split of the run's dataset
 (unseen identities). A single request (the flags) writes into OUT itself, or OUT/<name>/ with
@@ -106,9 +107,12 @@ def main(argv: list[str]) -> None:
     enable_compilation_cache()
     requests = read_requests(flags.FLAGS.requests) if flags.FLAGS.requests else [single_request()]
     try:  # every request is checked before the weights are read or anything is compiled
-        config = sampling.run_config(flags.FLAGS.workdir, flags.FLAGS.step)[0] if flags.FLAGS.workdir else flags.FLAGS.config
+        if flags.FLAGS.workdir:
+            config = sampling.run_config(flags.FLAGS.workdir, flags.FLAGS.step)[0]
+        else:
+            config = flags.FLAGS.config or sampling.params_config(flags.FLAGS.params)
         jobs = sampling.plan_requests(config, requests, flags.FLAGS.smpl_model_dir)
-    except (sampling.ConditionError, FileNotFoundError) as error:
+    except (sampling.ConditionError, FileNotFoundError, ValueError) as error:
         fail(str(error))
     for job in jobs:
         for key, value in job.notes.items():
@@ -121,7 +125,7 @@ def main(argv: list[str]) -> None:
         if flags.FLAGS.workdir:
             loaded = sampling.load_from_workdir(flags.FLAGS.workdir, flags.FLAGS.step, flags.FLAGS.weights)
         else:
-            loaded = sampling.load_from_params(flags.FLAGS.params, flags.FLAGS.config)
+            loaded = sampling.load_from_params(flags.FLAGS.params, config)
     if flags.FLAGS.released_no_guidance:
         overrides["guidance"] = {name: 1.0 for name in loaded.config.sampling.guidance}
     settings = sampling.SamplingSettings.from_config(loaded.config.sampling, batch_size=flags.FLAGS.batch_size,

@@ -84,9 +84,9 @@ def scaled_random_params(params):
     return {name: jax.tree.map(lambda x: x * (3.0 if name == "vae" else 5.0), tree) for name, tree in params.items()}
 
 
-@pytest.fixture(scope="session")
-def checkpointed_run(tmp_path_factory, tiny_config, tiny_model):
-    """A workdir whose checkpoint holds random weights; EMA differs from the raw params."""
+def write_run(directory, config, params):
+    """A diffusion-stage workdir at `directory` whose step-7 checkpoint of `config` holds `params`
+    as its EMA and half of them as its raw params, so the two differ."""
     import jax
     import numpy as np
     import optax
@@ -95,15 +95,19 @@ def checkpointed_run(tmp_path_factory, tiny_config, tiny_model):
     from upgpt_jax.train.checkpointing import Checkpointer
     from upgpt_jax.train.state import TrainState
 
-    params = scaled_random_params(tiny_model[1])
     trainable = {name: params[name] for name in TRAINABLE}
     state = TrainState(
-        step=np.int32(7), params=jax.tree.map(lambda x: x * 0.5, trainable),  # differs from the EMA
+        step=np.int32(7), params=jax.tree.map(lambda x: x * 0.5, trainable),
         opt_state=optax.adamw(1e-4).init(trainable), ema_params=trainable,
         frozen_params={name: params[name] for name in FROZEN if name in params}, rng=np.asarray(jax.random.PRNGKey(0)),
         skipped=np.int32(0))
-    directory = tmp_path_factory.mktemp("run")
     checkpointer = Checkpointer(directory / "checkpoints", keep=1, asynchronous=False)
-    checkpointer.save(7, state, {"epoch": 0, "position": 0}, tiny_config)
+    checkpointer.save(7, state, {"epoch": 0, "position": 0}, config)
     checkpointer.close()
     return directory
+
+
+@pytest.fixture(scope="session")
+def checkpointed_run(tmp_path_factory, tiny_config, tiny_model):
+    """A workdir whose checkpoint holds random weights; EMA differs from the raw params."""
+    return write_run(tmp_path_factory.mktemp("run"), tiny_config, scaled_random_params(tiny_model[1]))

@@ -23,12 +23,15 @@ def parse_guidance(text: str) -> dict[str, float]:
 
 
 def define_model_flags() -> None:
-    """--workdir/--step/--weights (a training run) or --params with --config (converted weights)."""
-    config_flags.DEFINE_config_file("config", None, "With --params: the config the weights fit.", lock_config=False)
+    """--workdir/--step/--weights (a training run) or --params (a run's release, or converted weights
+    with --config)."""
+    config_flags.DEFINE_config_file("config", None, "With --params of converted weights: the config they fit.",
+                                    lock_config=False)
     flags.DEFINE_string("workdir", None, "A train.py workdir (its newest checkpoint and config).")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
     flags.DEFINE_enum("weights", "ema", ["ema", "params"], "EMA or raw weights of the checkpoint.")
-    flags.DEFINE_string("params", None, "Converted weights (python -m upgpt_jax.convert --out DIR).")
+    flags.DEFINE_string("params", None, "A run's release (python -m upgpt_jax.rundir.release) or converted weights "
+                        "(python -m upgpt_jax.convert --out DIR).")
 
 
 # Named sampler settings (--preset), which the other sampler flags override. "released" is how the
@@ -69,8 +72,8 @@ def sampler_overrides(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, 
 
 
 def check_model_flags() -> None:
-    """Exactly one of --workdir and --params, and --params with --config."""
+    """Exactly one of --workdir and --params (converted weights need --config too; a run's release
+    carries its own, which the loader checks)."""
     if bool(flags.FLAGS.workdir) == bool(flags.FLAGS.params):
-        raise app.UsageError("give either --workdir (a training run) or --params with --config (converted weights)")
-    if flags.FLAGS.params and flags.FLAGS.config is None:
-        raise app.UsageError("--params needs --config")
+        raise app.UsageError("give either --workdir (a training run) or --params (a release, or converted weights "
+                             "with --config)")

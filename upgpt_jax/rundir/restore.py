@@ -36,7 +36,7 @@ def run_config(workdir: str | os.PathLike, step: int | None = None) -> tuple[ml_
         raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; there are {sorted(steps)}")
     config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
     manager.close()
-    return _tuples(ml_collections.ConfigDict(config)), int(step)
+    return tuples_config(ml_collections.ConfigDict(config)), int(step)
 
 
 def restore_params(workdir: str | os.PathLike, config: ml_collections.ConfigDict, step: int, weights: str = "ema",
@@ -62,7 +62,7 @@ def restore_params(workdir: str | os.PathLike, config: ml_collections.ConfigDict
     return {name: tree for group in restored["state"].values() for name, tree in group.items()}
 
 
-def _tuples(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def tuples_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """JSON turned the config's tuples into lists; module fields and mesh rules want tuples back."""
     def convert(value: Any) -> Any:
         if isinstance(value, dict):

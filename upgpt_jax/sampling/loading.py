@@ -4,7 +4,8 @@ Two sources of weights:
 - a training workdir (`train.py --workdir DIR`): the newest (or a chosen) checkpoint and the
   config it was trained with, read through the run directory (`upgpt_jax.rundir`), so
   `sample.py --workdir DIR` needs no config flag. The EMA weights are the default.
-- converted weights (`python -m upgpt_jax.convert ... --out DIR`) with the config they fit.
+- converted weights (`python -m upgpt_jax.convert ... --out DIR`) with the config they fit, or
+  a run's release (`python -m upgpt_jax.rundir.release`), which carries its config and CLIP.
   The released UPGPT checkpoint has no null embeddings (it was never trained with condition
   dropout), so missing fusion nulls come from a fresh initialisation; guidance scales other than
   1 then steer towards an untrained "null", which is why the released code ran no guidance.
@@ -24,6 +25,7 @@ from jax.sharding import Mesh
 from upgpt_jax.models.clip import ClipEncoders, clip_from_config
 from upgpt_jax.models.fusion import MultimodalFusion
 from upgpt_jax.models.upgpt import UPGPT, build_model
+from upgpt_jax.rundir.release import released_config
 from upgpt_jax.rundir.restore import restore_params, run_config
 from upgpt_jax.rundir.shardings import abstract_params
 from upgpt_jax.sharding import make_mesh, weight_shardings
@@ -56,12 +58,15 @@ def load_from_workdir(workdir: str | os.PathLike, step: int | None = None, weigh
     return _assemble(config, model, mesh, params, dict(workdir=str(workdir), step=int(step), weights=weights))
 
 
-def load_from_params(params_dir: str | os.PathLike, config: ml_collections.ConfigDict,
+def load_from_params(params_dir: str | os.PathLike, config: ml_collections.ConfigDict | None = None,
                      devices: list[jax.Device] | None = None) -> LoadedModel:
-    """Converted weights (`python -m upgpt_jax.convert`) for `config`; missing fusion nulls are
-    initialised (see the module docstring); a missing UNet or VAE is an error."""
+    """Converted weights (`python -m upgpt_jax.convert`) for `config`, or a release without one
+    (its own config, see params_config); missing fusion nulls are initialised (see the module
+    docstring); a missing UNet or VAE is an error. Half-precision weights are cast to float32."""
+    config = config if config is not None else params_config(params_dir)
     model, mesh = _placement(config, devices)
     params, metadata = load_params(params_dir)
+    params = jax.tree.map(lambda x: x.astype(jnp.float32) if x.dtype in (jnp.float16, jnp.bfloat16) else x, params)
     missing = [part for part in ("unet", "vae") if part not in params]
     if missing:
         raise ValueError(f"{params_dir} lacks the {missing} weights; sampling needs the UNet and the VAE")
@@ -76,6 +81,16 @@ def load_from_params(params_dir: str | os.PathLike, config: ml_collections.Confi
               **({"condition_stats": params["condition_stats"]} if standardize else {})}
     shardings = abstract_params(model, config.model, mesh, config.axis_rules)[1]
     return _assemble(config, model, mesh, jax.device_put(params, {name: shardings[name] for name in params}), source)
+
+
+def params_config(params_dir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The config a release (`python -m upgpt_jax.rundir.release`) was trained with; a ValueError
+    for converted weights, which fit the config the user gives."""
+    config = released_config(params_dir)
+    if config is None:
+        raise ValueError(f"{params_dir} holds converted weights without a run config: give --config (the config "
+                         "the weights fit)")
+    return config
 
 
 def _placement(config: ml_collections.ConfigDict, devices: list[jax.Device] | None) -> tuple[UPGPT, Mesh]:

@@ -84,17 +84,19 @@ class ProtocolError(ValueError):
 
 
 def load_model(options: EvalOptions) -> Any:
-    """The model to evaluate: `--workdir` (a training run) or `--params` with `--config`."""
+    """The model to evaluate: `--workdir` (a training run), `--params` (a run's release) or
+    `--params` with `--config` (converted weights)."""
     from upgpt_jax import sampling
 
     if options.workdir:
         return sampling.load_from_workdir(options.workdir, options.step, options.weights)
     if options.params_dir:
-        if options.config is None:
-            raise ProtocolError("--params needs --config (the config the weights fit)")
-        return sampling.load_from_params(options.params_dir, options.config)
-    raise ProtocolError("give --workdir (a training run) or --params with --config, or --samples_dir with "
-                        "images generated already")
+        try:
+            return sampling.load_from_params(options.params_dir, options.config)
+        except ValueError as error:
+            raise ProtocolError(str(error)) from None
+    raise ProtocolError("give --workdir (a training run), --params (a release, or converted weights with --config), "
+                        "or --samples_dir with images generated already")
 
 
 def sampling_settings(loaded: Any, options: EvalOptions) -> Any:
