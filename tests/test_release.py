@@ -120,3 +120,22 @@ def test_sample_py_reads_a_release_without_config(run_with_clip, run_samples, tm
 
     written = np.asarray(Image.open(tmp_path / "out" / "sample_000.png")).astype(int)
     assert np.abs(written - run_samples[1]).max() <= 1  # one sample alone vs a batch of two: XLA rounding
+
+
+def test_the_committed_reference_release_is_the_documented_runs_and_samples(tmp_path):
+    """reference/synthetic_reference (README, "The reference run") was released from a run of
+    configs/synthetic_reference.py: its config is that file's but for what the run measured (the
+    latent scale) and the folders its command named (VAE run, CLIP), it fits the 20 MB the
+    repository allows, and it samples with --params alone."""
+    from test_configs import flat, load
+
+    release = REPO / "reference" / "synthetic_reference"
+    assert folder_bytes(release) < 20e6
+    released = flat(json.loads(sampling.params_config(release).to_json()))
+    documented = flat(json.loads(load("synthetic_reference", "diffusion").to_json()))
+    assert {key for key in released if released[key] != documented.get(key)} == {
+        "model.scale_factor", "train.init_vae_from", "model.clip.path"}
+    loaded = sampling.load_from_params(release)
+    assert pathlib.Path(loaded.config.model.clip.path) == release / "clip"
+    images = samples(loaded)
+    assert images.shape == (2, *loaded.config.model.image_size, 3) and images.std() > 10

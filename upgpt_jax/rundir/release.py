@@ -93,10 +93,12 @@ def _write_clip(source: str, folder: Any, dtype: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
+    from absl import flags, logging
 
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every read and write at INFO
     metadata = release_run(flags.FLAGS.workdir, flags.FLAGS.out, flags.FLAGS.step, flags.FLAGS.dtype)
     source = metadata["sources"]
     print(f"released step {source['step']} of {source['workdir']} ({metadata['dtype']}) to {flags.FLAGS.out}; "
