@@ -43,7 +43,7 @@ def release_run(workdir: str | os.PathLike, out: str | os.PathLike, step: int | 
     if config.train.stage != "diffusion":
         raise ValueError(f"{workdir} is a {config.train.stage!r}-stage run; release a diffusion-stage run")
     params = _cast(jax.device_get(restore_params(workdir, config, step, "ema")), dtype)
-    released = ml_collections.ConfigDict(config.to_dict())
+    released = config.copy_and_resolve_references()
     clip_source = config.model.clip.get("path", "")
     released.model.clip.path = ""  # the loader points it at out/clip/
     metadata = {"sources": {"workdir": str(workdir), "step": int(step), "weights": "ema"}, "dtype": dtype,

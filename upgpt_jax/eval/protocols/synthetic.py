@@ -25,8 +25,9 @@ way: the ceiling of every sample metric, since a sample is a decoded latent too;
 near its ceiling is limited by the VAE, not by the diffusion model. `interpolation` samples a few
 pairs' source-to-target pose sweeps with one seed and scores identity consistency across the
 frames. `edit_success` (with `edit/part_hit`, `edit/others_kept`) recolours one garment of each
-pair by a text edit (style text and content text), as the `edit` task does, sampled with the pose_transfer seed: does the part
-take the requested colour while the other parts keep theirs (upgpt_jax/eval/edit_success.py)?
+pair by a text edit (style text and content text), as the `edit` task does, sampled with the
+pose_transfer seed: does the part take the requested colour while the other parts keep theirs
+(upgpt_jax/eval/edit_success.py)?
 The worst cases (lowest pose-transfer SSIM) go to worst.png, the reconstruction beside the
 ground truth, the edited sample last.
 
