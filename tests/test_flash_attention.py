@@ -35,6 +35,7 @@ def loss_and_grads(attention, query, key, value):
     ((2, 128, 2, 28), None),  # one 128-lane query block
     ((1, 512, 2, 28), 87),  # two 256-lane query blocks (dK, dV summed over them), the context's 87 keys
     ((1, 384, 3, 8), 384),  # three 128-lane blocks
+    ((2, 48, 2, 16), 87),  # all 48 queries in one block (the deeper levels)
 ])
 def test_kernel_equals_xla_attention_with_gradients(shape, key_length):
     import jax.experimental.pallas.tpu as pltpu
@@ -62,10 +63,11 @@ def test_bfloat16_kernel_within_rounding_of_float32_attention():
 
 
 def test_lengths_the_kernel_cannot_tile_use_xla():
-    # Query blocks are whole 128 lanes; all keys of one head sit in VMEM, up to 4096 of them.
-    assert flash_applies(768, 768) and flash_applies(768, 87) and flash_applies(3072, 3072)
-    assert not flash_applies(192, 192) and not flash_applies(128, 8192)
-    query, key, value = operands((1, 48, 2, 8))
+    # Query blocks of 256 or 128 lanes or all queries, their float32 scores against all keys of one
+    # head within 2 MiB of VMEM.
+    assert all(flash_applies(*lengths) for lengths in ((768, 768), (768, 87), (192, 192), (48, 87), (3072, 3072)))
+    assert not flash_applies(1000, 1000) and not flash_applies(128, 8192)
+    query, key, value = operands((1, 1000, 1, 8))
     np.testing.assert_array_equal(dot_product_attention(query, key, value, "flash"),
                                   jax.nn.dot_product_attention(query, key, value))
 

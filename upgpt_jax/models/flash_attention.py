@@ -17,10 +17,10 @@ Layout: (batch, heads, head_dim, tokens). TPU memory tiles an array's last dim i
 tokens go there and the head dim (28) is the sublane dim. Working in that transposed space keeps
 every product a plain or rhs-transposed matmul: S^T = K Q^T (keys x queries), the softmax runs
 over S^T's rows (a reduction over sublanes that leaves per-query rows), O^T = V^T P^T. Queries are
-tiled in blocks of 128 or 256 lanes.
+tiled in blocks of 128 or 256 lanes, or taken whole (the deeper levels' 192 and 48 tokens).
 
 The choice of kernel is made when the program is lowered (`lax.platform_dependent`): on every
-other platform, and for query lengths the blocks cannot tile, the same call is
+other platform, and for lengths whose blocks would not fit in VMEM, the same call is
 `jax.nn.dot_product_attention`. The kernel is not XLA-partitionable, so it runs on each device's
 shard of the batch (`sharding.map_shards`).
 """
@@ -36,23 +36,24 @@ from jax.experimental.pallas import tpu as pltpu
 from upgpt_jax.sharding import map_shards
 
 FLASH = "flash"
-_LANES = 128  # TPU vector width: the query block is a multiple of it
+_LANES = 128  # TPU vector width: the query block is a multiple of it or all queries
 _SCORES_VMEM_BYTES = 2 << 20  # one float32 (keys x query block) score tile; the backward holds ~4
 # (batch, length, heads, head_dim): the logical names of the attention operands' dimensions.
 _HEAD_LAYOUT = ("batch", "activation_length", "activation_heads", "activation_kv")
 _CONTRACT_LAST = (((1,), (1,)), ((), ()))  # a @ b^T
 
 
+def _query_block(query_length: int, key_length: int) -> int | None:
+    """The query block, in lanes: 256 or 128 when they tile the queries, else all of them; None when
+    its float32 (keys x block) score tile would not fit in `_SCORES_VMEM_BYTES`."""
+    fitting = [block for block in (2 * _LANES, _LANES, query_length)
+               if query_length % block == 0 and key_length * block * 4 <= _SCORES_VMEM_BYTES]
+    return fitting[0] if fitting else None
+
+
 def flash_applies(query_length: int, key_length: int) -> bool:
-    """Whether the kernel can tile these lengths: queries in whole 128-lane blocks, all keys of
-    one (example, head) in one block (their score tile within `_SCORES_VMEM_BYTES`)."""
-    return query_length % _LANES == 0 and key_length * _LANES * 4 <= _SCORES_VMEM_BYTES
-
-
-def _query_block(query_length: int, key_length: int) -> int:
-    """256 lanes where the score tile fits in `_SCORES_VMEM_BYTES`, else 128."""
-    fits = query_length % (2 * _LANES) == 0 and key_length * 2 * _LANES * 4 <= _SCORES_VMEM_BYTES
-    return 2 * _LANES if fits else _LANES
+    """Whether the kernel can tile these lengths (all keys of one example and head in one block)."""
+    return _query_block(query_length, key_length) is not None
 
 
 def _probabilities_t(query_t: jax.Array, key_t: jax.Array, scale: float) -> jax.Array:
@@ -181,7 +182,7 @@ def tpu_flash_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> j
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                           implementation: str | None = None) -> jax.Array:
     """`jax.nn.dot_product_attention`, or with `implementation="flash"` the TPU kernel where it
-    applies (on TPU, query lengths multiples of 128) and XLA's attention everywhere else."""
+    applies (on TPU, blocks that fit in VMEM) and XLA's attention everywhere else."""
     if implementation != FLASH:
         return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
     if not flash_applies(query.shape[1], key.shape[1]):
