@@ -269,7 +269,7 @@ def pod_config(topology: str, chips: int, per_chip_batch: int, fsdp: int = 1, re
                ) -> ml_collections.ConfigDict:
     """The released model trained on a TPU slice (`configs/pods/`): bf16 compute over fp32 master
     weights, a mesh of data x `fsdp`, a global batch of `per_chip_batch` x `chips`, per-block remat
-    as given, and the Pallas flash-attention kernel for the 768-token self-attention
+    as given, and our Pallas flash-attention kernel for every self- and cross-attention
     (models/flash_attention.py). `pod` records the plan, so `python -m upgpt_jax.aot --config FILE`
     compiles for it."""
     c = released_config()

@@ -8,14 +8,16 @@ Launch (every host of the slice runs the same command; features precomputed once
 Check the plan on any host, ahead of time (pip install -e ".[tpu]"):
   python -m upgpt_jax.aot --config configs/pods/upgpt_256_v5e.py
 
-AOT figures (python -m upgpt_jax.aot on a 2-core CPU host, libtpu 0.0.42.1, 2026-12-07; roofline
-times are estimates, see benchmarks/RESULTS.md): 6.00 GiB of 16 per chip (0.64 arguments, 5.35
-temporaries); per chip per step XLA counts 6.00 TFLOP and 104.4 GB accessed, of which 30.7 GB are
-HBM traffic in the scheduled program. Roofline 0.127 s on XLA's bytes (251 img/s per chip, MFU
-25.9%) or 0.038 s on the HBM traffic (853 img/s per chip, MFU 88%, 33 ms of it compute): both
-memory-bound. All-gathers 7.2 GB (weights), gradient all-reduces 0.95 GB. Before the flash
-attention kernel: 8.41 GiB, 126.7 GB (52.1 GB HBM traffic), MFU 21.4% / 52%; before the upsampler's activation
-constraint: 14.46 GiB, 159.3 GB (100.8 GB of all-gathered activations), MFU 17.0%.
+AOT figures (python -m upgpt_jax.aot on a 2-core CPU host, libtpu 0.0.42.1, 2026-12-07, with our
+flash-attention kernel; roofline times are estimates, see benchmarks/RESULTS.md): 4.39 GiB of 16 per chip
+(0.64 arguments, 3.75 temporaries); per chip per step XLA counts 6.22 TFLOP and 82.0 GB accessed,
+of which 18.0 GB are HBM traffic in the scheduled program. Roofline 0.100 s on XLA's bytes (320
+img/s per chip, MFU 33.0%, memory-bound) or 0.033 s on the HBM traffic, where it is compute-bound
+(968 img/s per chip; 22 ms of traffic under 33 ms of compute). All-gathers 7.4 GB (weights, 114
+overlapping compute), gradient all-reduces and reduce-scatters 0.95 GB. With jax's flash kernel:
+6.00 GiB, 104.4 GB (30.7 GB HBM traffic), MFU 25.9% / 88%; before any flash kernel: 8.41 GiB,
+126.7 GB (52.1 GB), MFU 21.4% / 52%; before the upsampler's activation constraint: 14.46 GiB,
+159.3 GB (100.8 GB of all-gathered activations), MFU 17.0%.
 """
 import ml_collections
 

@@ -8,14 +8,14 @@ Launch (every host of the slice runs the same command; features precomputed once
 Check the plan on any host, ahead of time (pip install -e ".[tpu]"):
   python -m upgpt_jax.aot --config configs/pods/upgpt_256_v5p.py
 
-AOT figures (python -m upgpt_jax.aot on a 2-core CPU host, libtpu 0.0.42.1, 2026-12-07, compiled
-before the update-size guard of train/state.py; roofline times are estimates, see
-benchmarks/RESULTS.md): 13.89 GiB of 95 per chip (1.87 arguments, 12.02 temporaries); per chip per
-step XLA counts 11.95 TFLOP and 159.8 GB accessed, 88.3 GB of it HBM traffic. Roofline 0.058 s on
-XLA's bytes (1107 img/s per chip, MFU 49.1%) or 0.032 s on the HBM traffic (2005 img/s per chip,
-MFU 88.9%, 28 ms of it compute): memory-bound. Collectives: 496 weight all-gathers (1.63 GB) and
-57 gradient reduce-scatters (0.71 GB), all synchronous in the schedule (none overlaps compute).
-There is room for per-chip batch 128 (~26 GiB).
+AOT figures (python -m upgpt_jax.aot on a 2-core CPU host, libtpu 0.0.42.1, 2026-12-07, with our
+flash-attention kernel; roofline times are estimates, see benchmarks/RESULTS.md): 9.83 GiB of 95 per chip
+(1.87 arguments, 7.96 temporaries); per chip per step XLA counts 12.39 TFLOP and 139.1 GB accessed,
+62.0 GB of it HBM traffic. Roofline 0.050 s on XLA's bytes (1272 img/s per chip, MFU 56.4%) or
+0.028 s on the HBM traffic, where it is compute-bound (2255 img/s per chip; 22 ms of traffic under
+28 ms of compute). Collectives: 496 weight all-gathers (1.63 GB), 57 gradient reduce-scatters
+(0.71 GB) and 12 all-reduces (0.34 GB), all synchronous in the schedule. With jax's flash kernel:
+13.89 GiB, 159.8 GB (88.3 GB HBM traffic), MFU 49.1% / 88.9%. There is room for per-chip batch 128.
 """
 import ml_collections
 

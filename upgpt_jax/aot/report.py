@@ -5,7 +5,7 @@ XLA reports per-chip memory (`memory_analysis`) and per-chip FLOPs and bytes acc
 absent for the train step). The time here is a roofline ESTIMATE: the larger of the FLOPs over
 the chip's peak and XLA's bytes over its HBM bandwidth (`upgpt_jax.hardware`). The FLOPs are XLA's
 count or the analytic model count, whichever is larger: XLA cannot see inside a Pallas kernel that
-gives no cost estimate (the flash-attention backward), and would count its work as free. It ignores
+gives no cost estimate (ours give one, `models/flash_attention.py`), and would count its work as free. It ignores
 collectives' own time (listed apart, with whether they overlap compute) and assumes every kernel
 runs at peak, so it is a bound to compare plans by, not a measurement. MFU uses the analytic model
 FLOPs (`upgpt_jax.flops`), not XLA's, so remat's recomputation does not count as useful work.
