@@ -121,8 +121,10 @@ def test_tpu_program_calls_the_kernel_and_moves_fewer_bytes():
     assert "tpu_custom_call" in flash.as_text() and "tpu_custom_call" not in xla.as_text()
     bytes_of = lambda program: program.cost_analysis()["bytes accessed"]  # noqa: E731
     assert bytes_of(flash) < 0.1 * bytes_of(xla)
-    # Per chip: q, k, v, out, their gradients and their layout transposes, ~20-30 reads and writes
-    # of one (4, 768, 8, 28) bfloat16 array; saved float32 statistics would add 9 each.
-    assert bytes_of(flash) < 40 * (4 * 768 * 8 * 28 * 2)
+    # Per chip: q, k, v, out, their gradients and their layout transposes, ~35 reads and writes of
+    # one (4, 768, 8, 28) bfloat16 array (47 MB here). Softmax statistics saved as float32
+    # (4, 8, 768, 128) arrays, as jax's kernel does, would add ~9 arrays' worth per write or read,
+    # ~80 in all.
+    assert bytes_of(flash) < 50 * (4 * 768 * 8 * 28 * 2)
     cpu = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, "flash")).lower(*operands()).compile()
     assert "custom_call" not in cpu.as_text()
