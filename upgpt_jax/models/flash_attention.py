@@ -57,11 +57,15 @@ def flash_applies(query_length: int, key_length: int) -> bool:
     return _query_block(query_length, key_length) is not None
 
 
+def _tokens_first(array_t: jax.Array) -> jax.Array:
+    """(head_dim, tokens) -> (tokens, head_dim): a small in-VMEM transpose, taken in float32."""
+    return array_t.astype(jnp.float32).T.astype(array_t.dtype)
+
+
 def _probabilities_t(query_t: jax.Array, key_t: jax.Array, scale: float) -> jax.Array:
     """P^T (keys x queries), float32: the softmax over keys of the scaled scores, from Q^T
     (head_dim x queries) and K^T (head_dim x keys)."""
-    keys = key_t.astype(jnp.float32).T.astype(key_t.dtype)  # (keys, head_dim): a small transpose
-    scores_t = jnp.dot(keys, query_t, preferred_element_type=jnp.float32) * scale
+    scores_t = jnp.dot(_tokens_first(key_t), query_t, preferred_element_type=jnp.float32) * scale
     weights_t = jnp.exp(scores_t - jnp.max(scores_t, axis=0, keepdims=True))
     return weights_t / jnp.sum(weights_t, axis=0, keepdims=True)
 
@@ -88,8 +92,7 @@ def _backward_kernel(q_ref, k_ref, v_ref, o_ref, do_ref, dq_ref, dk_ref, dv_ref,
     probabilities_t = _probabilities_t(query_t, key_t, scale)
     dv_sum[...] += jax.lax.dot_general(grad_out_t, probabilities_t.astype(low), _CONTRACT_LAST,
                                        preferred_element_type=jnp.float32)
-    values = value_t.astype(jnp.float32).T.astype(low)  # (keys, head_dim)
-    grad_probabilities_t = jnp.dot(values, grad_out_t, preferred_element_type=jnp.float32)
+    grad_probabilities_t = jnp.dot(_tokens_first(value_t), grad_out_t, preferred_element_type=jnp.float32)
     # Softmax backward: dS = P * (dP - rowsum(dO * O)), the row sums per query.
     row_sums = jnp.sum(grad_out_t.astype(jnp.float32) * o_ref[...].astype(jnp.float32), axis=0, keepdims=True)
     grad_scores_t = (probabilities_t * (grad_probabilities_t - row_sums) * scale).astype(low)
