@@ -56,6 +56,7 @@ def get_config(stage: str = "diffusion") -> ml_collections.ConfigDict:
     config.optim.update(learning_rate=2e-3, warmup_steps=100, decay_steps=800, end_learning_rate_factor=0.1)
     config.diffusion.snr_gamma = 5.0
     config.train.update(batch_size=32, num_steps=800, log_every=50, checkpoint_every=200, ema_decay=0.999)
+    config.data.person_mask_resize = "area"  # the silhouette's edge within a latent pixel (IoU 0.675 -> 0.765)
     config.data.num_examples = 5_000  # Rendered on demand (5-11 ms) by the read-ahead thread or data.num_workers
     # worker processes, and kept (~50 KB each, in each process that rendered it).
     if stage == "vae":

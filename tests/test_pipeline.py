@@ -293,3 +293,29 @@ def test_global_batch_on_eight_fake_devices():
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stdout + result.stderr
+
+
+def test_area_resized_masks_are_the_covered_fraction_of_each_block(records):
+    """`resize="area"`: each latent pixel is -1 + 2 * (the share of its block the person covers, to 1/255),
+    counted here pixel by pixel, i.e. PIL's BOX filter of the 0/1 mask; the quirk's inside value
+    takes the place of +1."""
+    masks = np.stack([r["mask"] for r in records])  # (B, 64, 48, 1) uint8, 0 or 255
+    height, width = masks.shape[1:3]
+    block = (height // 8, width // 6)
+    covered = np.zeros((len(masks), 8, 6, 1))
+    for row in range(height):
+        for column in range(width):
+            covered[:, row // block[0], column // block[1], 0] += masks[:, row, column, 0] > 0
+    share = np.round(255 * covered / (block[0] * block[1])) / 255  # in steps of 1/255, as features store it
+    assert 0 < np.mean((share > 0) & (share < 1))  # the silhouette's edge crosses some blocks
+    box = np.stack([np.asarray(Image.fromarray((m[..., 0] > 0).astype(np.float32)).resize((6, 8), Image.Resampling.BOX))
+                    for m in masks])[..., None]
+    np.testing.assert_allclose(share, box, atol=0.5 / 255)
+    np.testing.assert_allclose(mask_to_latent(masks, (8, 6), resize="area"), -1.0 + 2.0 * share, atol=1e-6)
+    quirk_inside = float(np.float32(2.0 / 255.0 - 1.0))
+    np.testing.assert_allclose(mask_to_latent(masks, (8, 6), original_mask_quirk=True, resize="area"),
+                               -1.0 + (quirk_inside + 1.0) * share, atol=1e-6)
+    with pytest.raises(ValueError, match=r"latent size \(7, 6\) to divide the mask size \(64, 48\)"):
+        mask_to_latent(masks, (7, 6), resize="area")
+    with pytest.raises(ValueError, match="person_mask_resize must be one of"):
+        mask_to_latent(masks, (8, 6), resize="bilinear")

@@ -8,10 +8,11 @@ import json
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from test_train import read_metrics, small_config
 from upgpt_jax.data.features import FeatureSource, FeatureWriter, write_metadata
-from upgpt_jax.data.transforms import FEATURE_RECORD_KEYS, FeatureTransform, nearest_resize, pixel_transform_from_config
+from upgpt_jax.data.transforms import FEATURE_RECORD_KEYS, FeatureTransform, pixel_transform_from_config
 from upgpt_jax.models.clip import clip_from_config, encode_style_images, encode_text_tokens
 from upgpt_jax.models.upgpt import UPGPT, build_model
 from upgpt_jax.tokenizer import load_clip_tokenizer
@@ -70,8 +71,10 @@ def test_stored_records_equal_the_encoders_outputs(features_dir):
         assert relative_error(logvar, np.asarray(posterior.logvar)[index]) < 1e-5
         assert relative_error(stored["text_embedding"], expected_text[index]) < 1e-5
         assert relative_error(stored["style_embedding"], expected_style[index]) < 1e-5
-        inside = nearest_resize(record["mask"][None], latent_size)[0] > 0
-        np.testing.assert_array_equal(stored["mask"], np.where(inside, 255, 0))
+        # The share of each latent pixel's block the person covers (the config's "area" resize), x 255.
+        assert config.data.person_mask_resize == "area"
+        share = Image.fromarray((record["mask"][..., 0] > 0).astype(np.float32)).resize(latent_size[::-1], Image.BOX)
+        np.testing.assert_array_equal(stored["mask"][..., 0], np.round(np.asarray(share) * 255))
         np.testing.assert_array_equal(stored["smpl"], record["smpl"])
         np.testing.assert_array_equal(stored["style_present"], record["style_present"])
     with pytest.raises(IndexError):
@@ -101,7 +104,8 @@ def test_training_from_features_equals_training_from_pixels(features_dir, tmp_pa
         assert got["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-4)
 
 
-@pytest.mark.parametrize("field, value", [("model.vae.channels", 16), ("model.image_size", (32, 24)), ("seed", 1)])
+@pytest.mark.parametrize("field, value", [("model.vae.channels", 16), ("model.image_size", (32, 24)), ("seed", 1),
+                                          ("data.person_mask_resize", "nearest")])
 def test_features_of_another_encoder_config_are_refused_naming_the_field(features_dir, field, value):
     config = features_config()
     config.data.features_dir = str(features_dir)

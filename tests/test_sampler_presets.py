@@ -15,10 +15,13 @@ def settings(*args: str) -> SamplingSettings:
 
 
 def test_released_preset_is_the_original_sampling():
-    """UPGPT's log_images: DDIMSampler with ddim_steps=200, ddim_eta=1, and no guidance."""
+    """UPGPT's log_images: DDIMSampler with ddim_steps=200, ddim_eta=1, and no guidance; its edits
+    by the edited conditions alone (the app's mix_style), so the whole person is redrawn."""
     released = settings("--preset=released")
     assert (released.method, released.num_steps, released.eta) == ("ddim", 200, 1.0)
     assert dict(released.guidance) == {"pose": 1.0, "style": 1.0, "text": 1.0}
+    assert released.edit_region == "whole"
+    assert settings().edit_region == "inferred" and settings("--edit_region=whole").edit_region == "whole"
 
 
 def test_flags_override_the_preset_and_no_preset_is_the_fast_config_default():

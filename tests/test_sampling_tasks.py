@@ -3,6 +3,7 @@
 The run is a real train.py workdir layout (orbax checkpoint with state, data state and config)
 written from random weights, so no training is needed; one sampler compilation serves all tests.
 """
+import dataclasses
 import json
 import subprocess
 import sys
@@ -112,6 +113,30 @@ def test_edit_changes_the_edited_sample_only_through_its_conditions(outputs):
     assert "bottom" in edited["style_images"] and unedited["smpl"] == edited["smpl"]
     images = [np.asarray(Image.open(folders["edit"] / sample["file"])) for sample in record["samples"]]
     assert np.abs(images[0].astype(int) - images[1].astype(int)).max() > 0
+
+
+def test_edits_keep_the_unedited_sample_outside_the_inferred_region(outputs, loaded):
+    """Sampler.edit: the unedited image is the plain sample; an edit that changes nothing is the
+    unedited image itself with an empty region; edit_region "whole" is the plain sample of the
+    edited person (the original's edit). The edit job records its region as a reference image."""
+    _, folders = outputs
+    context = sampling.TaskContext(loaded.config)
+    job = sampling.plan(context, {"task": "edit", "example": 3, "edits": ["top=text:a red top"], "seed": 5})
+    person, edited = job.people
+    sampler = sampling.Sampler(loaded, SETTINGS)
+    plain = sampler([person, edited], [5, 5])
+    unedited, same, regions = sampler.edit([person], [person], [5])
+    np.testing.assert_array_equal(unedited[0], plain[0])
+    np.testing.assert_array_equal(same[0], plain[0])
+    assert regions.shape == (1, 16, 12) and not regions.any()
+    whole = sampling.Sampler(loaded, dataclasses.replace(SETTINGS, edit_region="whole"))
+    _, redrawn, everywhere = whole.edit([person], [edited], [5])
+    np.testing.assert_array_equal(redrawn[0], plain[1])
+    assert everywhere.all()
+    region = np.asarray(Image.open(folders["edit"] / "edit_region_000.png"))
+    assert region.shape == plain.shape[1:] and set(np.unique(region).tolist()) <= {0, 255}
+    with pytest.raises(ValueError, match="edit_region must be one of"):
+        sampling.Sampler(loaded, dataclasses.replace(SETTINGS, edit_region="mask"))
 
 
 def test_interpolation_endpoints_are_the_input_poses(outputs, loaded):

@@ -39,13 +39,14 @@ def define_model_flags() -> None:
 # eta 1, EMA weights, no guidance); without a preset, the config's `sampling` section applies (by
 # default the fast one: 50 deterministic DDIM steps).
 SAMPLER_PRESETS: dict[str, dict[str, Any]] = {
-    "released": dict(method="ddim", num_steps=200, eta=1.0, guidance=dict(pose=1.0, style=1.0, text=1.0)),
+    "released": dict(method="ddim", num_steps=200, eta=1.0, guidance=dict(pose=1.0, style=1.0, text=1.0),
+                     edit_region="whole"),
 }
 
 
 def define_sampler_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Overrides of the run's config.sampling: --preset, --method, --num_steps, --eta, --guidance,
-    --batch_size (`flag_values`: the global flags, or a fresh set in tests)."""
+    --batch_size, --edit_region (`flag_values`: the global flags, or a fresh set in tests)."""
     define = dict(flag_values=flag_values)
     flags.DEFINE_enum("preset", None, list(SAMPLER_PRESETS),
                       "Named sampler settings; 'released': the original's DDIM, 200 steps, eta 1, no guidance.",
@@ -55,13 +56,17 @@ def define_sampler_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float("eta", None, "DDIM eta.", **define)
     flags.DEFINE_string("guidance", None, "Guidance scales, e.g. 'pose=1,style=2,text=3' (1 = none).", **define)
     flags.DEFINE_integer("batch_size", None, "Samples per batch (default: config.sampling.batch_size).", **define)
+    flags.DEFINE_enum("edit_region", None, ["inferred", "whole"],
+                      "Where an edit may change the person: 'inferred' (default), the region the edit acts on, "
+                      "found by the model (DiffEdit), the rest kept from the unedited sample; 'whole': the "
+                      "original's edit, by the edited conditions alone.", **define)
 
 
 def sampler_overrides(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
     """The sampler flags that were given, over the --preset's settings, as `SamplingSettings`
     fields (batch_size apart)."""
     values: dict[str, Any] = dict(SAMPLER_PRESETS.get(flag_values.preset, {}))
-    values.update({name: flag_values[name].value for name in ("method", "num_steps", "eta")
+    values.update({name: flag_values[name].value for name in ("method", "num_steps", "eta", "edit_region")
                    if flag_values[name].value is not None})
     if flag_values.guidance:
         try:

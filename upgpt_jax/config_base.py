@@ -195,6 +195,9 @@ def released_config() -> ml_collections.ConfigDict:
         guidance=ml_collections.ConfigDict(dict(pose=1.0, style=1.0, text=1.0)),
         batch_size=8,
         seed=0,
+        # Where an edit may change the person (sampling.SamplingSettings.edit_region): "inferred" or
+        # "whole" (the original's edit).
+        edit_region="inferred",
     ))
 
     # Training data. An empty `data_dir` renders `num_examples` synthetic_people pairs in memory
@@ -214,6 +217,10 @@ def released_config() -> ml_collections.ConfigDict:
         # True: person masks are -1 outside and -0.99216 inside, the released weights' values (see
         # data.transforms and released_weights); False: +1 inside (models trained here).
         original_mask_quirk=False,
+        # How the person mask reaches latent resolution (data.transforms.mask_to_latent): "nearest"
+        # (one pixel per latent pixel, the original's) or "area" (the fraction of the block covered,
+        # which tells a small-image model where the silhouette's edge lies within a latent pixel).
+        person_mask_resize="nearest",
         # Input worker processes (grain's mp_prefetch) that read records and run the transforms
         # (decode, tokenise, normalise; render, for the in-memory synthetic data); 0 = in the main
         # process. Worth it where those cost more than a step (benchmarks/input_pipeline.py, README);

@@ -176,7 +176,7 @@ def _wire(service: SamplingService, button: gr.Button, inputs: Values, settings:
             sampling = service.settings(values["method"], requests.whole_number(values["num_steps"], "steps"),
                                         {name: requests.real_number(values[f"guidance_{name}"], f"guidance {name}")
                                          for name in GUIDANCE_ORDER})
-            if not service.is_compiled(sampling):
+            if not service.is_compiled(sampling, request["task"]):
                 yield ("Compiling the sampler for these settings (once per setting), then sampling…", *blank)
             result = service.run(request, sampling)
         except (ValueError, FileNotFoundError) as error:  # ConditionError is a ValueError

@@ -68,7 +68,8 @@ class SamplingService:
         self.defaults = sampling.SamplingSettings.from_config(loaded.config.sampling, **defaults)
         self._samplers: collections.OrderedDict[sampling.SamplingSettings, sampling.Sampler] = (
             collections.OrderedDict())
-        self._compiled: set[sampling.SamplingSettings] = set()
+        # (settings, edit?): the sampler, and Sampler.edit's own compiled function, that have run.
+        self._compiled: set[tuple[sampling.SamplingSettings, bool]] = set()
         self._keep = keep_samplers
         self._lock = threading.Lock()
         self.ready = threading.Event()
@@ -80,8 +81,9 @@ class SamplingService:
         return dataclasses.replace(self.defaults, method=method, num_steps=int(num_steps),
                                    guidance=tuple(sorted((name, float(scale)) for name, scale in guidance.items())))
 
-    def is_compiled(self, settings: sampling.SamplingSettings) -> bool:
-        return settings in self._compiled
+    def is_compiled(self, settings: sampling.SamplingSettings, task: str = "generate") -> bool:
+        """Whether a request of `task` with `settings` runs without compiling (edits have their own)."""
+        return (settings, task == "edit") in self._compiled
 
     def run(self, request: Mapping[str, Any], settings: sampling.SamplingSettings | None = None) -> Result:
         """Plan `request` (bad inputs raise `sampling.ConditionError` before any compute) and sample it."""
@@ -91,14 +93,20 @@ class SamplingService:
             sampler = self._sampler(settings)
             start = time.perf_counter()
             images = sample_jobs(sampler, [job])[0]
-            self._compiled.add(settings)
+            self._compiled.add((settings, job.task == "edit"))
         return Result(job, images, time.perf_counter() - start)
 
     def warm_up(self, request: Mapping[str, Any]) -> None:
-        """Compile the default settings' sampler with one request, then set `ready` (for the status);
-        a failure is kept for the status line (requests then compile on first use)."""
+        """Compile the default settings' sampler with one request, and its editor with an edit of
+        that request's person into itself, then set `ready` (for the status); a failure is kept for
+        the status line (requests then compile on first use)."""
         try:
-            self.warm_up_seconds = self.run(request).seconds
+            result = self.run(request)
+            with self._lock:
+                start, person = time.perf_counter(), result.job.people[0]
+                self._sampler(self.defaults).edit([person], [person], [0])
+                self._compiled.add((self.defaults, True))
+            self.warm_up_seconds = result.seconds + time.perf_counter() - start
         except Exception as error:  # noqa: BLE001 - shown in the page; the server keeps serving
             self.warm_up_error = f"{type(error).__name__}: {error}"
         finally:

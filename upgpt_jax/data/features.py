@@ -4,9 +4,10 @@ A features folder (written by `python -m upgpt_jax.train.precompute`) holds
   features-PPPPP-of-NNNNN.array_record  one shard per writing process, its rows of every global batch
   metadata.json                          count, layout, record shapes/dtypes, the encoder signature
 Each record is a msgpack'd dict with the keys of transforms.FEATURE_RECORD_KEYS: latent_moments
-(h, w, 2C) and the CLIP embeddings in the stored dtype, mask uint8 0/255 already at the latent size
-(h, w, 1) (FeatureTransform's nearest resize to that size is the identity, so the values equal a
-full-size mask's), smpl float32 (85,), style_present bool (P,).
+(h, w, 2C) and the CLIP embeddings in the stored dtype, mask uint8 already at the latent size
+(h, w, 1), 255 x the share of the latent pixel the person covers (0/255 with nearest resizing;
+FeatureTransform's resize to that size is the identity, so the values equal a full-size mask's),
+smpl float32 (85,), style_present bool (P,).
 
 Rows are written in the order of the source, cut into global batches of `global_batch_size`; within
 each batch process p writes the p-th contiguous slice. `FeatureSource[i]` undoes this, so record i is
@@ -66,6 +67,9 @@ def encoder_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
     }
     if not config.data.data_dir:
         fields["data.num_examples"] = config.data.num_examples
+    resize = config.data.get("person_mask_resize", "nearest")
+    if resize != "nearest":  # the stored masks' values; absent from (so valid for) folders written before it
+        fields["data.person_mask_resize"] = resize
     return json.loads(json.dumps(fields))  # tuples -> lists, as they come back from metadata.json
 
 

@@ -32,6 +32,7 @@ FEATURE_RECORD_KEYS: tuple[str, ...] = (
     "latent_moments", "text_embedding", "style_embedding", "mask", "smpl", "style_present",
 )
 MASK_QUIRK_INSIDE = np.float32(2.0 / 255.0 - 1.0)  # the original's "inside" mask value
+PERSON_MASK_RESIZES = ("nearest", "area")  # how a person mask reaches latent resolution (mask_to_latent)
 
 
 def image_to_unit_range(images: np.ndarray) -> np.ndarray:
@@ -50,16 +51,59 @@ def nearest_resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return images[:, np.minimum(rows, height - 1)][:, :, np.minimum(cols, width - 1)]
 
 
-def mask_to_latent(masks: np.ndarray, latent_size: tuple[int, int], original_mask_quirk: bool = False) -> np.ndarray:
+def area_coverage(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 masks (B, H, W, 1), 255 = all inside -> float32 (B, h, w, 1): the fraction of each
+    output pixel's block of (H/h) x (W/w) input pixels that is inside (an average pool; the sizes
+    must divide), in steps of 1/255. Image-size masks hold 0 or 255; a features record's
+    latent-size mask holds 255 x this fraction already (`mask_coverage`), and at its own size the
+    pool is the identity, so training from features sees exactly what training from pixels sees."""
+    batch, height, width, channels = masks.shape
+    if height % size[0] or width % size[1]:
+        raise ValueError(f"an area-resized person mask needs the latent size {tuple(size)} to divide the mask "
+                         f"size {(height, width)}")
+    blocks = masks.reshape(batch, size[0], height // size[0], size[1], width // size[1], channels)
+    return np.round(blocks.mean(axis=(2, 4), dtype=np.float32)) / np.float32(255.0)
+
+
+def mask_coverage(person_masks: np.ndarray, original_mask_quirk: bool = False) -> np.ndarray:
+    """`mask_to_latent`'s values -> uint8 masks at latent size, 255 x the share covered (rounded):
+    what a features record stores, which mask_to_latent maps back to the same values (to 1/255)."""
+    inside_value = MASK_QUIRK_INSIDE if original_mask_quirk else np.float32(1.0)
+    share = (np.asarray(person_masks, np.float32) + np.float32(1.0)) / (inside_value + np.float32(1.0))
+    return np.round(np.clip(share, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def mask_to_latent(masks: np.ndarray, latent_size: tuple[int, int], original_mask_quirk: bool = False,
+                   resize: str = "nearest") -> np.ndarray:
     """Person masks uint8 (B, H, W, 1), 0 or 255 -> float32 (B, h, w, 1): -1 outside, +1 inside.
 
     With `original_mask_quirk` inside is -0.99216 (2/255 - 1), as the released weights expect.
+    `resize` (config `data.person_mask_resize`): "nearest" picks one pixel per latent pixel, as the
+    original does (torchvision's NEAREST); "area" gives each latent pixel the fraction of its block
+    the person covers, mapped linearly between the outside and inside values. At 256x192 (f=8) one
+    latent pixel is 3% of an arm's length and nearest costs nothing; at the synthetic 64x48 (f=4) a
+    latent pixel is 4 pixels, an arm is 2 latent pixels wide, and nearest tells the UNet where the
+    silhouette's edge lies only to +-2 pixels: the samples' edges then wander by a pixel (README,
+    "What the tiny runs learn").
     """
     if masks.ndim != 4 or masks.shape[-1] != 1:
         raise ValueError(f"expected person masks of shape (B, H, W, 1), got {masks.shape}")
-    inside = nearest_resize(masks, latent_size) > 0
+    if resize == "nearest":
+        coverage = (nearest_resize(masks, latent_size) > 0).astype(np.float32)
+    elif resize == "area":
+        coverage = area_coverage(masks, latent_size)
+    else:
+        raise ValueError(f"data.person_mask_resize must be one of {PERSON_MASK_RESIZES}, got {resize!r}")
     inside_value = MASK_QUIRK_INSIDE if original_mask_quirk else np.float32(1.0)
-    return np.where(inside, inside_value, np.float32(-1.0)).astype(np.float32)
+    return (np.float32(-1.0) + coverage * (inside_value + np.float32(1.0))).astype(np.float32)
+
+
+def mask_options(data_config: Any) -> dict[str, Any]:
+    """The transforms' person-mask options (original_mask_quirk, person_mask_resize) as
+    `data_config` (config.data) sets them; runs saved before `person_mask_resize` existed read
+    "nearest", which they were trained with."""
+    return {"original_mask_quirk": bool(data_config.original_mask_quirk),
+            "person_mask_resize": str(data_config.get("person_mask_resize", "nearest"))}
 
 
 def styles_to_clip(styles: np.ndarray, clip_image_size: int) -> np.ndarray:
@@ -102,12 +146,14 @@ class PixelTransform:
     clip_image_size: int
     max_length: int = 77
     original_mask_quirk: bool = False
+    person_mask_resize: str = "nearest"  # mask_to_latent's `resize`
     include_source_image: bool = False
 
     def __call__(self, records: Sequence[Record]) -> Batch:
         batch = {
             "image": image_to_unit_range(stack_field(records, "image")),
-            "person_mask": mask_to_latent(stack_field(records, "mask"), self.latent_size, self.original_mask_quirk),
+            "person_mask": mask_to_latent(stack_field(records, "mask"), self.latent_size, self.original_mask_quirk,
+                                          self.person_mask_resize),
             "text_ids": tokenize(self.tokenizer, decode_texts([record["text"] for record in records]), self.max_length),
             "styles": styles_to_clip(stack_field(records, "styles"), self.clip_image_size),
             "style_present": stack_field(records, "style_present").astype(np.bool_),
@@ -127,6 +173,7 @@ class FeatureTransform:
     """
 
     original_mask_quirk: bool = False
+    person_mask_resize: str = "nearest"  # mask_to_latent's `resize`
 
     def __call__(self, records: Sequence[Record]) -> Batch:
         missing = [key for key in FEATURE_RECORD_KEYS if key not in records[0]]
@@ -138,14 +185,16 @@ class FeatureTransform:
             "latent_moments": moments,
             "text_embedding": stack_field(records, "text_embedding").astype(np.float32),
             "style_embedding": stack_field(records, "style_embedding").astype(np.float32),
-            "person_mask": mask_to_latent(stack_field(records, "mask"), moments.shape[1:3], self.original_mask_quirk),
+            "person_mask": mask_to_latent(stack_field(records, "mask"), moments.shape[1:3], self.original_mask_quirk,
+                                          self.person_mask_resize),
             "style_present": stack_field(records, "style_present").astype(np.bool_),
             "pose": stack_field(records, "smpl").astype(np.float32),
         }
 
 
 def pixel_transform_from_config(model_config: Any, tokenizer: Any, original_mask_quirk: bool = False,
-                                include_source_image: bool = False) -> PixelTransform:
+                                include_source_image: bool = False, person_mask_resize: str = "nearest"
+                                ) -> PixelTransform:
     """PixelTransform for `config.model`: latent size = image size / the VAE's downsampling."""
     downsample = 2 ** (len(model_config.vae.channel_mult) - 1)
     height, width = model_config.image_size
@@ -155,5 +204,6 @@ def pixel_transform_from_config(model_config: Any, tokenizer: Any, original_mask
         clip_image_size=int(model_config.clip.image_size),
         max_length=int(model_config.clip.max_length),
         original_mask_quirk=original_mask_quirk,
+        person_mask_resize=person_mask_resize,
         include_source_image=include_source_image,
     )

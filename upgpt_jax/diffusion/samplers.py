@@ -61,7 +61,8 @@ def sampling_timesteps(method: str, num_steps: int, num_timesteps: int) -> np.nd
 
 
 def sample(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: jax.Array, rng: jax.Array | None, *,
-           method: str = "ddim", num_steps: int = 50, eta: float = 0.0) -> jax.Array:
+           method: str = "ddim", num_steps: int = 50, eta: float = 0.0,
+           keep: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
     """Runs the reverse process from noise x_T (B, ...) and returns the final sample (x_0).
 
     `method`, `num_steps` and `eta` are static. `eta` (DDIM only) scales the per-step noise from
@@ -72,6 +73,12 @@ def sample(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: jax.Array, rng: jax.Arra
     example's sample does not depend on the batch it was drawn in. DDIM returns the sample at
     the noise level of training step 0, as LDM's DDIMSampler does; the others end noise-free.
     The result has x_T's dtype. Wrap the call in `jax.jit`: the loop is a single `lax.scan`.
+
+    `keep` = (x0_kept, region), both broadcastable to x_T, region in [0, 1]: blended sampling
+    (Blended Latent Diffusion, Avrahami et al. 2023). After every step the sample is
+    region * x_next + (1 - region) * (x0_kept noised to the step's target level with the noise
+    x_T), so outside the region the process follows x0_kept and ends on it exactly, while the
+    inside is drawn to fit it.
     """
     timesteps = sampling_timesteps(method, num_steps, schedule.num_timesteps)
     if eta < 0 or (eta != 0 and method != "ddim"):
@@ -89,6 +96,7 @@ def sample(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: jax.Array, rng: jax.Arra
     tables = _TABLES[method](schedule, timesteps, eta)
     per_step = dict(tables, t=jnp.asarray(timesteps), index=jnp.arange(len(timesteps)))
     batch_shape = (x_T.shape[0],)
+    start = x_T.astype(jnp.float32)
 
     def step(carry, step_values):
         x, x0_previous = carry
@@ -103,11 +111,14 @@ def sample(eps_fn: EpsFn, schedule: NoiseSchedule, x_T: jax.Array, rng: jax.Arra
             else:
                 noise = jax.random.normal(jax.random.fold_in(rng, step_values["index"]), x.shape, jnp.float32)
             x_next = x_next + step_values["d"] * noise
+        if keep is not None:
+            x0_kept, region = keep
+            kept = step_values["kept_signal"] * x0_kept + step_values["kept_noise"] * start
+            x_next = region * x_next + (1.0 - region) * kept
         return (x_next, x0), None
 
-    x = x_T.astype(jnp.float32)
-    (x, _), _ = jax.lax.scan(step, (x, jnp.zeros_like(x)), per_step)
-    return x.astype(x_T.dtype)
+    final, _ = jax.lax.scan(step, (start, jnp.zeros_like(start)), per_step)
+    return final[0].astype(x_T.dtype)
 
 
 def _check_method_and_steps(method: str, num_steps: int, num_timesteps: int) -> None:
@@ -135,8 +146,12 @@ class _Levels:
 
     def base(self) -> dict[str, jax.Array]:
         zeros = jnp.zeros_like(self.sqrt_abar)
+        # Blended sampling's kept sample at each step's target level; the last step ends on it exactly.
+        last = jnp.arange(zeros.shape[0]) == zeros.shape[0] - 1
         return dict(sqrt_abar=self.sqrt_abar, sqrt_one_minus_abar=self.sqrt_one_minus_abar,
-                    a=zeros, b=zeros, c=zeros, d=zeros, e=zeros)
+                    a=zeros, b=zeros, c=zeros, d=zeros, e=zeros,
+                    kept_signal=jnp.where(last, 1.0, self.sqrt_abar_prev),
+                    kept_noise=jnp.where(last, 0.0, self.sqrt_one_minus_abar_prev))
 
 
 def _step_betas(schedule: NoiseSchedule, timesteps: np.ndarray, prev: np.ndarray) -> jax.Array:

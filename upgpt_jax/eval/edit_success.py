@@ -9,8 +9,11 @@ content text, rewritten to say the new colour where it named the old one (the `e
 "content=words"; configs/demo_requests.jsonl). A style text alone against a content text that
 still names the old colour contradicts it, and the model follows the content text (measured in
 README, "What the tiny runs learn"). Under the colour-free protocol the content text names no
-colour, so its edit is the style text's alone. The edited person is sampled with the seed of the
-unedited `pose_transfer` sample, so the two differ by the edit only.
+colour, so its edit is the style text's alone. The edited person is drawn as the `edit` task draws
+one (Sampler.edit, with the seed of the unedited `pose_transfer` sample, so the two differ by the
+edit only): by default confined to the region the model says the edit acts on (sampling
+edit_region "inferred"); `eval.py --edit_region whole` measures the original's edit, which redraws
+the whole person.
 
 Scores per pair (nan where the target pose shows neither garment, so no edit was made):
 
@@ -93,20 +96,24 @@ def edited_people(context: Any, people: Sequence[Any], edits: Sequence[TextEdit 
 
 def sample_edits(sampler: Any, context: Any, people: Sequence[Any], identities: Sequence[Identity],
                  layouts: Sequence[TargetLayout], unedited: np.ndarray, seeds: Sequence[int], seed: int,
-                 content_text: Callable[[Identity], str] = describe) -> tuple[np.ndarray, list[TextEdit | None]]:
-    """(edited images (N, H, W, 3), the edits): pair i's edit (:func:`choose_edit` of its identity,
-    target layout and the protocol's `content_text`) planned by :func:`edited_people` and drawn by
-    `sampler` (a sampling.Sampler) from `seeds[i]`, the seed of its `unedited` sample; where no
-    edit was made the image is the unedited one."""
+                 content_text: Callable[[Identity], str] = describe) -> tuple[np.ndarray, np.ndarray, list[TextEdit | None]]:
+    """(unedited images, edited images (N, H, W, 3), the edits): pair i's edit (:func:`choose_edit`
+    of its identity, target layout and the protocol's `content_text`) planned by
+    :func:`edited_people` and drawn by `sampler` (a sampling.Sampler) as the `edit` task draws
+    edits (Sampler.edit, so with its settings' edit_region) from `seeds[i]`, the seed of its
+    `unedited` sample. Where no edit was made both images are the unedited sample; where one was,
+    the unedited image is the one Sampler.edit drew beside the edit (the same seed and conditions
+    as `unedited`)."""
     edits = [choose_edit(identity, layout, seed, index, content_text)
              for index, (identity, layout) in enumerate(zip(identities, layouts, strict=True))]
     planned = edited_people(context, people, edits)
     chosen = [index for index, edit in enumerate(edits) if edit is not None]
-    edited = np.array(unedited, copy=True)
+    before, after = np.array(unedited, copy=True), np.array(unedited, copy=True)
     if chosen:
-        edited[chosen] = sampler([planned[index] for index in chosen], [seeds[index] for index in chosen],
-                                 progress=True, label="sample edit")
-    return edited, edits
+        before[chosen], after[chosen], _ = sampler.edit(
+            [people[index] for index in chosen], [planned[index] for index in chosen],
+            [seeds[index] for index in chosen], progress=True)
+    return before, after, edits
 
 
 def edit_scores(edited: np.ndarray, unedited: np.ndarray, layouts: Sequence[TargetLayout],

@@ -48,9 +48,28 @@ def run_requests(loaded: LoadedModel, requests: Sequence[Mapping[str, Any]], out
 
 
 def sample_jobs(sampler: Sampler, jobs: Sequence[Job], progress: bool = False) -> list[np.ndarray]:
-    """Each job's uint8 images, sampled together."""
-    people = [person for job in jobs for person in job.people]
-    seeds = [seed for job in jobs for seed in job.seeds]
-    images = sampler(people, seeds, progress=progress)
-    bounds = np.cumsum([0] + [len(job.people) for job in jobs])
-    return [images[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
+    """Each job's uint8 images, sampled together: the edit jobs' pairs by `Sampler.edit` (whose
+    inferred edit region is added to the job's references as "edit region"), the rest in one list."""
+    edits = [job for job in jobs if job.task == "edit"]
+    others = [job for job in jobs if job.task != "edit"]
+    images: dict[int, np.ndarray] = {}
+    if others:
+        drawn = sampler([person for job in others for person in job.people],
+                        [seed for job in others for seed in job.seeds], progress=progress)
+        bounds = np.cumsum([0] + [len(job.people) for job in others])
+        images.update({id(job): drawn[start:stop] for job, start, stop in zip(others, bounds[:-1], bounds[1:])})
+    if edits:
+        unedited, edited, regions = sampler.edit([job.people[0] for job in edits], [job.people[1] for job in edits],
+                                                 [job.seeds[1] for job in edits], progress=progress)
+        for index, job in enumerate(edits):
+            images[id(job)] = np.stack([unedited[index], edited[index]])
+            job.references["edit region"] = region_image(regions[index], unedited.shape[1:3])[None]
+    return [images[id(job)] for job in jobs]
+
+
+def region_image(region: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """An edit region (h, w) in [0, 1] at latent resolution as a uint8 RGB image of `image_size`,
+    white where the edit acts (each latent pixel a block)."""
+    scale = (image_size[0] // region.shape[0], image_size[1] // region.shape[1])
+    blocks = np.kron(np.clip(region, 0.0, 1.0), np.ones(scale))
+    return np.repeat(np.round(blocks * 255).astype(np.uint8)[..., None], 3, axis=-1)

@@ -15,6 +15,9 @@ given comes from the run's dataset (test split: identities unseen in training):
   style slot and leaves the content text alone (app.py:262-268, InferenceModel.mix_style in
   ldm/data/generate_utils.py:172-190): the app's content text is a box of its own, which
   `content=words` is for the edited sample (else it keeps the person's text, whatever it says).
+  The original redraws the whole person from the edited conditions (sampling edit_region "whole");
+  by default (`inferred`) the edit is confined to the region the model says it acts on
+  (Sampler.edit, diffusion.editing), written beside the samples as edit_region_000.png.
 - interpolate: start_smpl/end_smpl (default: example K's source and target poses), frames N,
   interpolation "linear" (the original) or "slerp"; every frame uses the same noise and its own
   rendered person mask.

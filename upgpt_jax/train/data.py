@@ -10,7 +10,7 @@ import ml_collections
 from upgpt_jax.data.features import FeatureSource, check_signature
 from upgpt_jax.data.pipeline import InputPipeline
 from upgpt_jax.data.records import synthetic_pair_record
-from upgpt_jax.data.transforms import FeatureTransform, pixel_transform_from_config
+from upgpt_jax.data.transforms import FeatureTransform, mask_options, pixel_transform_from_config
 from upgpt_jax.tokenizer import load_clip_tokenizer
 
 
@@ -76,9 +76,8 @@ def training_pipeline(config: ml_collections.ConfigDict) -> InputPipeline:
         features = FeatureSource(config.data.features_dir)
         check_signature(features.metadata, config, config.data.features_dir)
         return InputPipeline(features, config.train.batch_size,
-                             FeatureTransform(original_mask_quirk=config.data.original_mask_quirk),
+                             FeatureTransform(**mask_options(config.data)),
                              seed=config.train.seed, num_workers=config.data.num_workers)
-    transform = pixel_transform_from_config(config.model, load_clip_tokenizer(),
-                                            original_mask_quirk=config.data.original_mask_quirk)
+    transform = pixel_transform_from_config(config.model, load_clip_tokenizer(), **mask_options(config.data))
     return InputPipeline(training_source(config.data, config.model), config.train.batch_size, transform,
                          seed=config.train.seed, num_workers=config.data.num_workers)

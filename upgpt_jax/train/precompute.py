@@ -32,7 +32,8 @@ from tqdm import tqdm
 from upgpt_jax import storage
 from upgpt_jax.data.features import FeatureWriter, encoder_signature, write_metadata
 from upgpt_jax.data.pipeline import InputPipeline, make_global_batch
-from upgpt_jax.data.transforms import FEATURE_RECORD_KEYS, Record, pixel_transform_from_config
+from upgpt_jax.data.transforms import (
+    FEATURE_RECORD_KEYS, Record, mask_coverage, mask_options, pixel_transform_from_config)
 from upgpt_jax.tokenizer import load_clip_tokenizer
 from upgpt_jax.train.data import training_source
 from upgpt_jax.train.encoders import build_encoders, initial_vae
@@ -76,8 +77,7 @@ def precompute(config: ml_collections.ConfigDict, out: str | pathlib.Path, *, dt
     count = len(source)
     global_batch = int(batch_size or config.train.batch_size)
     num_batches = math.ceil(count / global_batch)
-    transform = pixel_transform_from_config(config.model, load_clip_tokenizer(),
-                                            original_mask_quirk=config.data.original_mask_quirk)
+    transform = pixel_transform_from_config(config.model, load_clip_tokenizer(), **mask_options(config.data))
     pipeline = InputPipeline(PaddedSource(source, num_batches * global_batch), global_batch, transform,
                              shuffle=False, num_epochs=1)
     process_index, process_count = pipeline.process_index, pipeline.process_count
@@ -93,7 +93,7 @@ def precompute(config: ml_collections.ConfigDict, out: str | pathlib.Path, *, dt
                 "latent_moments": local_rows(features["latent_moments"]).astype(store_dtype),
                 "text_embedding": local_rows(features["text_embedding"]).astype(store_dtype),
                 "style_embedding": local_rows(features["style_embedding"]).astype(store_dtype),
-                "mask": np.where(local["person_mask"] > -1, 255, 0).astype(np.uint8),  # inside is > -1, quirk or not
+                "mask": mask_coverage(local["person_mask"], config.data.original_mask_quirk),
                 "smpl": local["pose"],
                 "style_present": local["style_present"],
             }

@@ -117,11 +117,11 @@ def _evaluate(options: EvalOptions, protocol: str, colour_free: bool) -> EvalRes
         metrics.update({f"denoiser/{name}": value for name, value in sensitivity.items()})
 
     identities = [_identity(examples.record(index)) for index in range(count)]
-    edited, edits = sample_edits(samplers["pose_transfer"], TaskContext(config, examples=examples), people,
-                                 identities, targets.layouts, samples["pose_transfer"], seeds, options.seed,
-                                 targets.content_text)
+    unedited, edited, edits = sample_edits(samplers["pose_transfer"], TaskContext(config, examples=examples), people,
+                                           identities, targets.layouts, samples["pose_transfer"], seeds, options.seed,
+                                           targets.content_text)
     with phase("score edit (part hit, others kept)"):
-        for name, values in edit_scores(edited, samples["pose_transfer"], targets.layouts, edits).items():
+        for name, values in edit_scores(edited, unedited, targets.layouts, edits).items():
             per_example[name] = [float(value) for value in values]
             metrics[name] = float(_scored_mean(values))
 
