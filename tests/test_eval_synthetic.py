@@ -127,7 +127,9 @@ def test_samples_are_the_pairs_targets_with_the_variant_conditions(result, check
 
 def test_edit_success_samples_the_edit_tasks_person_with_the_pose_transfer_seed(result, checkpointed_run):
     """The last column of worst.png is the edited sample: the `edit` task's edited person (its plan
-    of the recorded edit) from the pair's pose_transfer seed; its scores are edit_scores' of it."""
+    of the recorded edit) drawn as the task draws it (Sampler.edit) from the pair's pose_transfer
+    seed, beside an unedited sample that is the pose_transfer sample; its scores are edit_scores'
+    of the two."""
     loaded = sampling.load_from_workdir(checkpointed_run)
     examples = DatasetExamples(loaded.config, "test")
     settings = sampling.SamplingSettings.from_config(loaded.config.sampling, batch_size=NUM_EXAMPLES, **SAMPLING)
@@ -144,10 +146,10 @@ def test_edit_success_samples_the_edit_tasks_person_with_the_pose_transfer_seed(
             continue
         job = sampling.plan(sampling.TaskContext(loaded.config), {"task": "edit", "example": index,
                                                                   "edits": assignment, "seed": index})
-        expected = sampling.Sampler(loaded, settings)(job.people[1:], job.seeds[1:])
+        unedited, expected, _ = sampling.Sampler(loaded, settings).edit(job.people[:1], job.people[1:], job.seeds[1:])
         assert np.abs(images[-1].astype(int) - expected[0]).max() <= 1
-        unedited = images[3]  # the pose_transfer sample
-        scores = edit_scores(expected, unedited[None], [layouts[index]], [edit])
+        assert np.abs(images[3].astype(int) - unedited[0]).max() <= 1  # the pose_transfer sample
+        scores = edit_scores(expected, unedited, [layouts[index]], [edit])
         for name, values in scores.items():
             assert result.per_example[name][index] == values[0]
     for name in ("edit_success", "edit/part_hit", "edit/others_kept"):

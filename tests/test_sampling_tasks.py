@@ -1,7 +1,8 @@
 """The sampling pipeline end to end on the tiny config: a checkpointed run -> the four tasks' files.
 
 The run is a real train.py workdir layout (orbax checkpoint with state, data state and config)
-written from random weights, so no training is needed; one sampler compilation serves all tests.
+written from random weights, so no training is needed; one sampler (and one editor) compilation serves the
+task tests.
 """
 import dataclasses
 import json
@@ -66,7 +67,7 @@ def test_converted_weights_bring_their_condition_statistics_or_are_refused(tiny_
 
 @pytest.fixture(scope="module")
 def outputs(loaded, tmp_path_factory):
-    """All four tasks from the dataset's defaults, in one batch job (one compilation)."""
+    """All four tasks from the dataset's defaults, in one batch job (the sampler and the editor compile once)."""
     out = tmp_path_factory.mktemp("samples")
     requests = [
         {"task": "generate", "num": 2, "name": "gen"},
@@ -126,12 +127,12 @@ def test_edits_keep_the_unedited_sample_outside_the_inferred_region(outputs, loa
     sampler = sampling.Sampler(loaded, SETTINGS)
     plain = sampler([person, edited], [5, 5])
     unedited, same, regions = sampler.edit([person], [person], [5])
-    np.testing.assert_array_equal(unedited[0], plain[0])
-    np.testing.assert_array_equal(same[0], plain[0])
+    assert np.abs(unedited[0].astype(int) - plain[0]).max() <= 1  # two programs: equal up to rounding
+    np.testing.assert_array_equal(same[0], unedited[0])
     assert regions.shape == (1, 16, 12) and not regions.any()
     whole = sampling.Sampler(loaded, dataclasses.replace(SETTINGS, edit_region="whole"))
     _, redrawn, everywhere = whole.edit([person], [edited], [5])
-    np.testing.assert_array_equal(redrawn[0], plain[1])
+    assert np.abs(redrawn[0].astype(int) - plain[1]).max() <= 1
     assert everywhere.all()
     region = np.asarray(Image.open(folders["edit"] / "edit_region_000.png"))
     assert region.shape == plain.shape[1:] and set(np.unique(region).tolist()) <= {0, 255}

@@ -117,6 +117,6 @@ class SamplingService:
             self._samplers[settings] = sampling.Sampler(self.loaded, settings)  # checks method and steps
             while len(self._samplers) > self._keep:
                 dropped, _ = self._samplers.popitem(last=False)
-                self._compiled.discard(dropped)
+                self._compiled -= {(dropped, False), (dropped, True)}
         self._samplers.move_to_end(settings)
         return self._samplers[settings]

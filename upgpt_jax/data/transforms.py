@@ -75,7 +75,8 @@ def mask_coverage(person_masks: np.ndarray, original_mask_quirk: bool = False) -
 
 def mask_to_latent(masks: np.ndarray, latent_size: tuple[int, int], original_mask_quirk: bool = False,
                    resize: str = "nearest") -> np.ndarray:
-    """Person masks uint8 (B, H, W, 1), 0 or 255 -> float32 (B, h, w, 1): -1 outside, +1 inside.
+    """Person masks uint8 (B, H, W, 1), 0 or 255 (or a features record's coverage, see
+    `area_coverage`) -> float32 (B, h, w, 1): -1 outside, +1 inside, in between on the edge.
 
     With `original_mask_quirk` inside is -0.99216 (2/255 - 1), as the released weights expect.
     `resize` (config `data.person_mask_resize`): "nearest" picks one pixel per latent pixel, as the

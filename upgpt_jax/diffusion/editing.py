@@ -35,7 +35,7 @@ def edit_region(eps_unedited: EpsFn, eps_edited: EpsFn, schedule: NoiseSchedule,
     """Where an edit acts on the sample `x0` (B, h, w, C): float32 (B, h, w, 1), 1 inside, 0 outside.
 
     For each of the noises `noises` (K, B, h, w, C), x0 is noised to timestep
-    round(timestep_fraction * T); the absolute difference of the two eps functions' predictions
+    round(timestep_fraction * (T - 1)); the absolute difference of the two eps functions' predictions
     there, averaged over channels and noises, is divided by each example's largest and cut at
     `threshold`. An edit that changes nothing (identical predictions) gives an empty region.
     """

@@ -96,7 +96,8 @@ def edited_people(context: Any, people: Sequence[Any], edits: Sequence[TextEdit 
 
 def sample_edits(sampler: Any, context: Any, people: Sequence[Any], identities: Sequence[Identity],
                  layouts: Sequence[TargetLayout], unedited: np.ndarray, seeds: Sequence[int], seed: int,
-                 content_text: Callable[[Identity], str] = describe) -> tuple[np.ndarray, np.ndarray, list[TextEdit | None]]:
+                 content_text: Callable[[Identity], str] = describe
+                 ) -> tuple[np.ndarray, np.ndarray, list[TextEdit | None]]:
     """(unedited images, edited images (N, H, W, 3), the edits): pair i's edit (:func:`choose_edit`
     of its identity, target layout and the protocol's `content_text`) planned by
     :func:`edited_people` and drawn by `sampler` (a sampling.Sampler) as the `edit` task draws

@@ -48,7 +48,7 @@ def run_requests(loaded: LoadedModel, requests: Sequence[Mapping[str, Any]], out
 
 
 def sample_jobs(sampler: Sampler, jobs: Sequence[Job], progress: bool = False) -> list[np.ndarray]:
-    """Each job's uint8 images, sampled together: the edit jobs' pairs by `Sampler.edit` (whose
+    """Each job's uint8 images, sampled together: the edit jobs' pairs by `Sampler.edit` (an
     inferred edit region is added to the job's references as "edit region"), the rest in one list."""
     edits = [job for job in jobs if job.task == "edit"]
     others = [job for job in jobs if job.task != "edit"]
@@ -63,7 +63,8 @@ def sample_jobs(sampler: Sampler, jobs: Sequence[Job], progress: bool = False) -
                                                  [job.seeds[1] for job in edits], progress=progress)
         for index, job in enumerate(edits):
             images[id(job)] = np.stack([unedited[index], edited[index]])
-            job.references["edit region"] = region_image(regions[index], unedited.shape[1:3])[None]
+            if sampler.settings.edit_region == "inferred":
+                job.references["edit region"] = region_image(regions[index], unedited.shape[1:3])[None]
     return [images[id(job)] for job in jobs]
 
 

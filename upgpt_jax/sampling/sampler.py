@@ -141,7 +141,8 @@ class Sampler:
             return self._nothing()[0]
 
         def inputs(start: int, stop: int) -> dict[str, np.ndarray]:
-            return dict(encode_conditions(self.loaded, people[start:stop]), seeds=np.asarray(seeds[start:stop], np.uint32))
+            return dict(encode_conditions(self.loaded, people[start:stop]),
+                        seeds=np.asarray(seeds[start:stop], np.uint32))
 
         return self._batches(self._run, len(people), inputs, params, progress, label)[0]
 
@@ -156,16 +157,17 @@ class Sampler:
         `__call__`'s sample of `edited[i]` (regions all 1)."""
         if not len(unedited) == len(edited) == len(seeds):
             raise ValueError(f"{len(unedited)} unedited people, {len(edited)} edited and {len(seeds)} seeds")
-        if not seeds:
+        if not len(seeds):
             return self._nothing()
         if self._edit_run is None:
             self._edit_run = jitted_editor(self.loaded.model, self.loaded.clip, self.loaded.config.diffusion,
                                            self.settings, self.loaded.mesh, self.loaded.config.axis_rules)
 
         def inputs(start: int, stop: int) -> dict[str, np.ndarray]:
-            pairs = dict(encode_conditions(self.loaded, unedited[start:stop]), seeds=np.asarray(seeds[start:stop], np.uint32))
-            pairs.update({EDITED + key: value for key, value in encode_conditions(self.loaded, edited[start:stop]).items()})
-            return pairs
+            pairs = dict(encode_conditions(self.loaded, unedited[start:stop]),
+                         seeds=np.asarray(seeds[start:stop], np.uint32))
+            changed = encode_conditions(self.loaded, edited[start:stop])
+            return pairs | {EDITED + key: value for key, value in changed.items()}
 
         return self._batches(self._edit_run, len(unedited), inputs, None, progress, label)
 
@@ -248,7 +250,8 @@ def jitted_editor(model: UPGPT, clip: Any, diffusion: ml_collections.ConfigDict,
                                                              (REGION_PROBES,) + shape))(batch["seeds"])
             region = edit_region(eps_unedited, eps_edited, schedule, unedited, jnp.swapaxes(probes, 0, 1))
             edited = sample(eps_edited, schedule, noise, rng, keep=(unedited, region), **options)
-        before, after = (model.apply({"params": params}, latents, method=UPGPT.decode) for latents in (unedited, edited))
+        before, after = (model.apply({"params": params}, latents, method=UPGPT.decode)
+                         for latents in (unedited, edited))
         # Outside the region the pixels are the unedited ones: the decoder would otherwise carry
         # the edit a few pixels into the neighbouring parts (hair next to a recoloured top).
         scale = (before.shape[1] // region.shape[1], before.shape[2] // region.shape[2])
