@@ -20,11 +20,11 @@ on what each stage trains:
   repeated people). A quarter of the content texts name no colour
   (`data.colour_free_text_fraction`), so the colours must also be read from the style crops: the
   `synthetic_colour_free` protocol measures that.
-Measured (README, "The reference run"): 1 h 47 min on a 2-core CPU, about 25 min of it shared with
-other jobs. On 32 test pairs with eta 1 and guidance 3:
-- pose transfer: colour 0.85, IoU 0.76, SSIM 0.795;
-- colour-free texts: colour 0.85;
-- edit_success 0.625;
+Measured (README, "The reference run"): 1 h 42 min on a 2-core CPU. On 32 test pairs with eta 1 and
+guidance 3:
+- pose transfer: colour 0.945, IoU 0.88, SSIM 0.89;
+- colour-free texts: colour 0.945;
+- edit_success 0.875;
 - the VAE's reconstructions: colour 0.98, IoU 0.91.
 Its float16 release is committed in reference/synthetic_reference/ (python -m upgpt_jax.rundir.release).
 """
