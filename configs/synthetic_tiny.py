@@ -29,9 +29,10 @@ and draws from 5,000 distinct pairs, each rendered once and then memoised (the r
 5 times; with 512 pairs long runs memorised them: the test pairs' eps error rose from 0.041 at step
 4000 to 0.065 at 12000 of batch 8).
 Sample it with stochastic DDIM and guidance, as the main job does: `sample.py ... --eta 1
---guidance text=3,style=3` (or eval.py with the same flags). After the main job (MAINTIME on
-an idle 2-core machine, the install included) its test-pair samples reach colour accuracy 0.47,
-silhouette IoU 0.765 and SSIM 0.78, and edit_success EDITMAIN
+--guidance text=3,style=3` (or eval.py with the same flags). After the main job (9 min 7 s on
+an idle 2-core machine before the area masks, the install included; 11 min 54 s on the same host at
+a slower hour, README) its test-pair samples reach colour accuracy 0.46, silhouette IoU 0.78 and
+SSIM 0.79, and edit_success 0.41
 (eval.py --protocol synthetic --num_examples 32 --eta 1 --guidance text=3,style=3). Colours keep
 rising with the images seen (README, "What the tiny runs learn").
 A continued run (a larger --config.train.num_steps) goes on at 0.1 x lr after step 800; pass

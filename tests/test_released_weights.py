@@ -101,6 +101,7 @@ def test_released_configs_set_the_original_inputs(tiny_config):
     for module in (upgpt_256, upgpt_512):
         config = module.get_config()
         assert config.data.original_mask_quirk and config.model.fusion.missing_style == "black_crop"
+        assert config.data.person_mask_resize == "nearest"
     for config in (tiny_config, pod_config("v5e:16x16", 256, 16)):  # trained here
         assert not config.data.original_mask_quirk and config.model.fusion.missing_style == "null"
 
@@ -141,13 +142,16 @@ def test_released_person_mask_values_are_the_originals(setups):
     downsample = 2 ** (len(setups["released"].config.model.vae.channel_mult) - 1)
     resized = palette.resize((width // downsample, height // downsample), Image.Resampling.NEAREST)
     original = (_to_tensor(np.asarray(resized)) * 2.0 - 1.0)[0].numpy()  # app.py:83-87
-    fixed = (_to_tensor(np.asarray(resized) * 255) * 2.0 - 1.0)[0].numpy()  # "should multiply by 255"
     outside, inside = np.unique(original).tolist()
     assert outside == -1.0 and inside == pytest.approx(-0.99216, abs=1e-5)
+    # Trained here (synthetic_tiny): +1 inside, and each latent pixel the share of its block covered.
+    assert setups["trained"].config.data.person_mask_resize == "area"
+    share = Image.fromarray(mask.astype(np.float32)).resize((width // downsample, height // downsample), Image.BOX)
+    trained = -1.0 + 2.0 * np.round(np.asarray(share) * 255) / 255
     person = _person((height, width), 32, mask=mask > 0)
-    for setup, reference in (("released", original), ("trained", fixed)):
+    for setup, reference in (("released", original), ("trained", trained)):
         ours = encode_conditions(setups[setup], [person])["person_mask"][0, ..., 0]
-        np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-7)
+        np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-6)
 
 
 def test_text_edit_is_the_apps_mix_style_with_its_own_content_text(setups, torch_clip, tmp_path):

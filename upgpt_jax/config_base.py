@@ -261,13 +261,15 @@ def released_weights(config: ml_collections.ConfigDict) -> ml_collections.Config
     - Person masks -1 outside and -0.99216 inside (`data.original_mask_quirk`): the original read
       0/1 palette PNGs through ToTensor (/255) and x * 2 - 1 and kept that "bug" for its trained
       model (upstream ldm/data/deepfashion_inshop.py:142-146, 228-239, 331-342; app.py:83-87;
-      ldm/data/generate_utils.py:117), so +1 inside is an input the released UNet never saw.
+      ldm/data/generate_utils.py:117), so +1 inside is an input the released UNet never saw; and
+      resized to latent resolution by nearest neighbour (`data.person_mask_resize`), as torchvision did.
     - An absent style part is CLIP of the normalised black crop (`model.fusion.missing_style`
       "black_crop"; deepfashion_inshop.py:214, app.py:153, generate_utils.py:96-97), not the fusion's
       `null_style`, which converted weights only have as a random init.
     Models trained here keep the defaults (+1 inside, learned nulls), which guidance needs.
     """
     config.data.original_mask_quirk = True
+    config.data.person_mask_resize = "nearest"
     config.model.fusion.missing_style = "black_crop"
     return config
 
