@@ -48,6 +48,7 @@ def get_config(stage: str = "diffusion") -> ml_collections.ConfigDict:
     config.clip_pretrain.update(num_examples=6_000, num_steps=600)
     if stage == "vae":
         config.train.update(batch_size=4, num_steps=5_000, checkpoint_every=1_000)
+        config.data.num_examples = 5_000  # the people its committed release was trained on
     else:
         config.train.update(num_steps=14_000, checkpoint_every=2_000)
         config.optim.decay_steps = 14_000
