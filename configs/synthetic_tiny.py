@@ -69,7 +69,7 @@ def get_config(stage: str = "diffusion") -> ml_collections.ConfigDict:
         # was much of the 600-step stage, and the colours settle only after ~1,000 steps (README).
         config.data.num_examples = 1_200
         config.optim.update(learning_rate=2e-3, decay_steps=0)  # A decay stalls the colours (see README).
-        config.train.vae.person_weight = 12.0  # garment colours in 600 steps: 0.74 of parts, 0.35 unweighted
+        config.train.vae.person_weight = 12.0  # garment colours after 600 steps: 0.58-0.74 of parts, 0.35 unweighted
     elif stage == "diffusion":
         config.data.person_mask_resize = "area"  # the silhouette's edge within a latent pixel (see above)
     else:
