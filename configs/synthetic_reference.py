@@ -53,4 +53,5 @@ def get_config(stage: str = "diffusion") -> ml_collections.ConfigDict:
         config.train.update(num_steps=14_000, checkpoint_every=2_000)
         config.optim.decay_steps = 14_000
         config.data.update(num_examples=30_000, colour_free_text_fraction=0.25)
+        config.data.part_loss_weights = {}  # its committed release was trained unweighted, before they existed
     return config

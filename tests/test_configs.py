@@ -8,9 +8,11 @@ from upgpt_jax.train.config_checks import check_training_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 # What the reference run may change: how long and on what each stage trains, never the model.
+# data.part_loss_weights: the committed reference release was trained before the main job's weights.
 TRAINING_LENGTH_AND_DATA = {"clip_pretrain.num_examples", "clip_pretrain.num_steps", "train.num_steps",
                             "train.batch_size", "train.checkpoint_every", "optim.decay_steps",
-                            "data.num_examples", "data.colour_free_text_fraction"}
+                            "data.num_examples", "data.colour_free_text_fraction", "data.part_loss_weights"}
+MAPPING_VALUES = {"data.part_loss_weights"}  # settings whose value is itself a mapping (part -> weight)
 
 
 def load(name: str, stage: str):
@@ -23,7 +25,7 @@ def load(name: str, stage: str):
 def flat(tree: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in tree.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and f"{prefix}{key}" not in MAPPING_VALUES:
             out.update(flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

@@ -54,6 +54,9 @@ def small_config(**train_overrides):
     config.train.update({**dict(batch_size=8, num_steps=4, log_every=1, checkpoint_every=100, keep_checkpoints=3,
                                 ema_decay=0.9), **train_overrides})
     config.data.num_examples = 16
+    # Unweighted, so the same config also trains from prepared data and features (which have no part
+    # maps); tests/test_part_loss_weights.py trains with the main job's weights.
+    config.data.part_loss_weights = {}
     return config
 
 

@@ -221,6 +221,12 @@ def released_config() -> ml_collections.ConfigDict:
         # (one pixel per latent pixel, the original's) or "area" (the fraction of the block covered,
         # which tells a small-image model where the silhouette's edge lies within a latent pixel).
         person_mask_resize="nearest",
+        # part -> weight of the diffusion stage's eps error on the pixels that part covers (1 elsewhere),
+        # e.g. {"hair": 11.0, "face": 11.0}: the original's data option `loss_weight`, which reads the parts
+        # from a human parser's segmentation. Here only synthetic_people rendered in memory has them (the
+        # renderer's part map; data.synthetic.part_weight_map names the parts); pooled to latent size,
+        # each example's map divided by its mean (data.transforms.latent_loss_weights).
+        part_loss_weights={},
         # Input worker processes (grain's mp_prefetch) that read records and run the transforms
         # (decode, tokenise, normalise; render, for the in-memory synthetic data); 0 = in the main
         # process. Worth it where those cost more than a step (benchmarks/input_pipeline.py, README);

@@ -65,6 +65,19 @@ def area_coverage(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.round(blocks.mean(axis=(2, 4), dtype=np.float32)) / np.float32(255.0)
 
 
+def latent_loss_weights(weights: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Per-pixel loss weights float32 (B, H, W, 1) -> (B, h, w, 1) for the eps loss at latent size:
+    each latent pixel the mean of its block (so a part narrower than a latent pixel keeps its share,
+    where the original's nearest resize keeps it or drops it), each example's map divided by its mean
+    (the loss keeps its scale, and the weights move it between pixels only)."""
+    batch, height, width, channels = weights.shape
+    if height % size[0] or width % size[1]:
+        raise ValueError(f"loss weights of size {(height, width)} cannot be pooled to the latent size {tuple(size)}")
+    pooled = weights.reshape(batch, size[0], height // size[0], size[1], width // size[1], channels).mean(
+        axis=(2, 4), dtype=np.float32)
+    return (pooled / pooled.mean(axis=(1, 2, 3), keepdims=True)).astype(np.float32)
+
+
 def mask_coverage(person_masks: np.ndarray, original_mask_quirk: bool = False) -> np.ndarray:
     """`mask_to_latent`'s values -> uint8 masks at latent size, 255 x the share covered (rounded):
     what a features record stores, which mask_to_latent maps back to the same values (to 1/255)."""
@@ -139,7 +152,8 @@ class PixelTransform:
 
     Output: image float32 (B, H, W, 3) in [-1, 1]; person_mask float32 (B, h, w, 1);
     text_ids int32 (B, max_length); styles float32 (B, P, clip, clip, 3); style_present bool (B, P);
-    pose float32 (B, 85); with `include_source_image` also source_image float32 (B, H, W, 3).
+    pose float32 (B, 85); with `include_source_image` also source_image float32 (B, H, W, 3); where
+    the records carry loss weights (B, H, W, 1), `loss_weights` (B, h, w, 1) (latent_loss_weights).
     """
 
     tokenizer: Any  # transformers CLIPTokenizer (upgpt_jax.tokenizer.load_clip_tokenizer)
@@ -162,6 +176,8 @@ class PixelTransform:
         }
         if self.include_source_image:
             batch["source_image"] = image_to_unit_range(stack_field(records, "source_image"))
+        if "loss_weights" in records[0]:  # in-memory synthetic records with data.part_loss_weights
+            batch["loss_weights"] = latent_loss_weights(stack_field(records, "loss_weights"), self.latent_size)
         return batch
 
 

@@ -41,8 +41,9 @@ def make_encode_fn(model: UPGPT, clip: ClipEncoders, mesh: Mesh, rules: Any) -> 
     """Pixel batch -> feature batch (FEATURE_KEYS) with the frozen VAE encoder and CLIP, jitted.
 
     Returns `encode(frozen_params, clip_params, batch)`; the batch is the pixel transform's
-    (image, person_mask, text_ids, styles, style_present, pose) as global arrays on `mesh`, the
-    features come out batch-sharded by the axis `rules` (config.axis_rules).
+    (image, person_mask, text_ids, styles, style_present, pose, and loss_weights where the data gives
+    them, passed through) as global arrays on `mesh`, the features come out batch-sharded by the
+    axis `rules` (config.axis_rules).
     """
     sharding = batch_sharding(mesh, rules)
 
@@ -55,16 +56,18 @@ def make_encode_fn(model: UPGPT, clip: ClipEncoders, mesh: Mesh, rules: Any) -> 
             "person_mask": batch["person_mask"],
             "style_present": batch["style_present"],
             "pose": batch["pose"],
+            **({"loss_weights": batch["loss_weights"]} if "loss_weights" in batch else {}),
         }
 
-    return jax.jit(on_mesh(encode, mesh, rules), out_shardings={key: sharding for key in FEATURE_KEYS})
+    return jax.jit(on_mesh(encode, mesh, rules), out_shardings=sharding)
 
 
 def make_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
                     state_shardings: TrainState, mesh: Mesh) -> TrainStep:
     """`step(state, features) -> (state, metrics)`, jitted with explicit shardings (features and
     activations placed by config.axis_rules); the input state is donated (its buffers are reused
-    for the output: do not touch it after the call)."""
+    for the output: do not touch it after the call). Features with `loss_weights` (B, h, w, 1)
+    (config data.part_loss_weights) weight the eps error per latent pixel (diffusion.loss)."""
     schedule = NoiseSchedule.from_config(config.diffusion)
     dropout_probabilities = dict(config.train.cond_dropout)
     snr_gamma = float(config.diffusion.get("snr_gamma", 0.0))  # absent in configs saved before it existed
@@ -83,6 +86,7 @@ def make_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimizer: 
             "pose": features["pose"],
             "style_present": features["style_present"],
             **condition_dropout(dropout_rng, features["pose"].shape[0], dropout_probabilities),
+            **({"loss_weights": features["loss_weights"]} if "loss_weights" in features else {}),
         }
 
         def loss_fn(params: Any) -> jax.Array:
@@ -105,7 +109,7 @@ def make_train_step(model: UPGPT, config: ml_collections.ConfigDict, optimizer: 
     feature_sharding = batch_sharding(mesh, config.axis_rules)
     return jax.jit(
         on_mesh(step, mesh, config.axis_rules),
-        in_shardings=(state_shardings, {key: feature_sharding for key in FEATURE_KEYS}),
+        in_shardings=(state_shardings, feature_sharding),  # every feature (and loss_weights) batch-sharded
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=(0,),
     )

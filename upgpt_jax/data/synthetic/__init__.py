@@ -22,10 +22,11 @@ from upgpt_jax.data.synthetic.generate import (
 from upgpt_jax.data.synthetic.identity import Identity, describe, describe_colour_free, sample_identity
 from upgpt_jax.data.synthetic.mannequin import PARTS
 from upgpt_jax.data.synthetic.pose_prior import PosePrior, default_prior, prior_from_frankmocap, sample_pose
-from upgpt_jax.data.synthetic.render import render
+from upgpt_jax.data.synthetic.render import WEIGHTED_PARTS, check_part_names, part_weight_map, render
 
 __all__ = [
-    "PARTS", "SPLITS", "Identity", "PosePrior", "default_prior", "describe", "describe_colour_free", "generate",
-    "identity_from_id", "identity_split", "make_example", "make_pair", "prior_from_frankmocap", "render",
+    "PARTS", "SPLITS", "WEIGHTED_PARTS", "Identity", "PosePrior", "check_part_names", "default_prior", "describe",
+    "describe_colour_free", "generate", "identity_from_id", "identity_split", "make_example", "make_pair",
+    "part_weight_map", "prior_from_frankmocap", "render",
     "render_example", "sample_identity", "sample_pose", "split_identity_ids", "uses_colour_free_text",
 ]

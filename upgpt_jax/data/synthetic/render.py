@@ -7,10 +7,12 @@ camera (s, tx, ty) projects it with :func:`upgpt_jax.smpl.kinematics.project_wea
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from upgpt_jax.data.synthetic.identity import Identity
-from upgpt_jax.data.synthetic.mannequin import build_body, material_colours, pattern_periods
+from upgpt_jax.data.synthetic.mannequin import PART_INDEX, PARTS, SKIN_PART, build_body, material_colours, pattern_periods
 from upgpt_jax.data.synthetic.raster import PATTERN_CODES, Raster, ScreenPrimitives, rasterise
 from upgpt_jax.smpl.kinematics import default_crop_box, project_weak_perspective
 from upgpt_jax.smpl.layout import check_smpl, split_smpl
@@ -68,3 +70,32 @@ def render(identity: Identity, smpl: np.ndarray, image_size: tuple[int, int] = (
     pixels any part of the person touches: outside it the image is the plain background.
     """
     return downsample(render_raster(identity, smpl, image_size, supersample), supersample)
+
+
+# The names `part_weight_map` weights: the person's style parts (mannequin.PARTS) and "skin" (arms, legs, neck).
+WEIGHTED_PARTS = tuple(part for part in PARTS if part != "background") + ("skin",)
+
+
+def part_weight_map(identity: Identity, smpl: np.ndarray, weights: Mapping[str, float],
+                    image_size: tuple[int, int] = (64, 48)) -> np.ndarray:
+    """float32 (H, W, 1) loss weights of ``identity`` posed by ``smpl``: ``weights[part]`` on each pixel
+    that part covers by more than half, 1 elsewhere (the background included).
+
+    The original's data loader (config `loss_weight`) builds the same map from a human parser's
+    segmentation; the renderer knows its part map exactly (config data.part_loss_weights).
+    """
+    check_part_names(weights)
+    raster = render_raster(identity, smpl, image_size)
+    covered = raster.alpha > 0.5
+    weight_map = np.ones(raster.alpha.shape, np.float32)
+    for part, weight in weights.items():
+        label = SKIN_PART if part == "skin" else PART_INDEX[part]
+        weight_map[covered & (raster.part == label)] = weight
+    return weight_map[..., None]
+
+
+def check_part_names(weights: Mapping[str, float]) -> None:
+    """Refuse weights for names `part_weight_map` does not know (config data.part_loss_weights)."""
+    unknown = sorted(set(weights) - set(WEIGHTED_PARTS))
+    if unknown:
+        raise ValueError(f"data.part_loss_weights: unknown parts {unknown}; expected some of {WEIGHTED_PARTS}")
