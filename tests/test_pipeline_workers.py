@@ -125,8 +125,8 @@ def test_feature_shards_are_read_in_workers(tmp_path):
 
 
 def test_training_pipeline_sources_and_transforms_run_in_workers(tiny_config):
-    """The trainer's own pipeline (synthetic renderer, CLIP tokenizer) pickles into workers and gives
-    the main process's batches."""
+    """The trainer's own pipeline (synthetic renderer with its part weights, CLIP tokenizer) pickles
+    into workers and gives the main process's batches."""
     from upgpt_jax.train.data import training_pipeline
 
     config = tiny_config.copy_and_resolve_references()
@@ -139,6 +139,8 @@ def test_training_pipeline_sources_and_transforms_run_in_workers(tiny_config):
             assert pipeline.num_workers == num_workers
             batches[num_workers] = [next(pipeline) for _ in range(4)]  # crosses an epoch (3 batches)
     for inline, worker in zip(batches[0], batches[2]):
-        assert set(inline) == set(worker) == {"image", "person_mask", "text_ids", "styles", "style_present", "pose"}
+        # loss_weights: the main job's part weights (data.part_loss_weights), rendered in the workers too
+        assert set(inline) == set(worker) == {"image", "person_mask", "text_ids", "styles", "style_present", "pose",
+                                              "loss_weights"}
         for name in inline:
             np.testing.assert_array_equal(worker[name], inline[name])

@@ -73,12 +73,12 @@ def training_source(data_config: ml_collections.ConfigDict, model_config: ml_col
         return SyntheticPairs(data_config.num_examples, model_config.image_size, model_config.clip.image_size,
                               colour_free_text_fraction=data_config.get("colour_free_text_fraction", 0.0),
                               part_loss_weights=data_config.get("part_loss_weights", {}))
-    if data_config.get("part_loss_weights", {}):
-        raise ValueError("data.part_loss_weights needs each target's part map, which only synthetic_people rendered "
-                         "in memory has (prepared datasets store no segmentation): set it to {} with a data_dir")
     if data_config.get("colour_free_text_fraction", 0.0):
         raise ValueError("data.colour_free_text_fraction applies to synthetic_people rendered in memory; "
                          "with a data_dir the stored texts are read as they are: set it to 0")
+    if data_config.get("part_loss_weights", {}):
+        raise ValueError("data.part_loss_weights needs each target's part map, which only synthetic_people rendered "
+                         "in memory has (prepared datasets store no segmentation): set it to {} with a data_dir")
     import tensorflow_datasets as tfds  # only needed for prepared datasets
 
     return tfds.data_source(data_config.dataset, data_dir=data_config.data_dir, split="train", download=False)
