@@ -12,7 +12,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from upgpt_jax.data.synthetic.identity import Identity
-from upgpt_jax.data.synthetic.mannequin import PART_INDEX, PARTS, SKIN_PART, build_body, material_colours, pattern_periods
+from upgpt_jax.data.synthetic.mannequin import (
+    PART_INDEX, PARTS, SKIN_PART, build_body, material_colours, pattern_periods)
 from upgpt_jax.data.synthetic.raster import PATTERN_CODES, Raster, ScreenPrimitives, rasterise
 from upgpt_jax.smpl.kinematics import default_crop_box, project_weak_perspective
 from upgpt_jax.smpl.layout import check_smpl, split_smpl
